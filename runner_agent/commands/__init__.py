@@ -1,0 +1,1 @@
+"""One module per `runner-agent` subcommand (registered in `runner_agent.cli`)."""
