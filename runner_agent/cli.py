@@ -21,3 +21,7 @@ def main() -> None:
       runner-agent exec ./job.json --json    # run one job locally, print the wire results
       runner-agent check                     # is this machine fit for quiet benchmarks?
     """
+
+from runner_agent.commands.config_cmd import config_group  # noqa: E402
+
+main.add_command(config_group)
