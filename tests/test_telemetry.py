@@ -45,7 +45,10 @@ def test_healthy_after_contact_then_unhealthy_after_silence() -> None:
     stats = AgentStats(clock=clock)
     stats.connection_state("connecting")
     stats.connected()
-    assert stats.healthy(max_silence_s=60) == (True, "server contacted 0.0 s ago; idle; state connected")
+    assert stats.healthy(max_silence_s=60) == (
+        True,
+        "server contacted 0.0 s ago; idle; state connected",
+    )
     clock.advance(59.5)
     assert stats.healthy(max_silence_s=60)[0]
     clock.advance(1.0)
