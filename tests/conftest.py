@@ -23,3 +23,23 @@ def fixtures() -> Path:
     path = fixtures_dir()
     assert path.is_dir(), f"shared wire fixtures not found at {path}"
     return path
+
+
+# --- OCI registry fixtures (tests/support/registry.py, tests/support/images.py) ---
+from collections.abc import Iterator as _Iterator  # noqa: E402
+
+from tests.support.images import RegistryImage, push_busybox_sync  # noqa: E402
+from tests.support.registry import RegistryServer, run_registry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> _Iterator[RegistryServer]:
+    """A real ``docker-registry`` on 127.0.0.1 (free port, temp storage), shared by the session."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> RegistryImage:
+    """A busybox image (OCI manifest, gzip layer) pushed to ``registry`` as ``test/busybox``."""
+    return push_busybox_sync(registry.url, "test/busybox", tmp_path_factory.mktemp("busybox"))
