@@ -25,3 +25,7 @@ def main() -> None:
 from runner_agent.commands.config_cmd import config_group  # noqa: E402
 
 main.add_command(config_group)
+
+from runner_agent.commands.check_cmd import check  # noqa: E402
+
+main.add_command(check)

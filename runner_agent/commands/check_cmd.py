@@ -1,0 +1,134 @@
+"""``runner-agent check``: the preflight report (text or ``--json``) with fitness exit codes, and
+``--restore`` to put back host tuning a crashed agent left behind."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import platformdirs
+
+from runner_agent.host.layout import LayoutError
+from runner_agent.host.lock import DEFAULT_LOCK_PATH, TuningLockedError
+from runner_agent.host.preflight import run_preflight
+from runner_agent.host.report import EXIT_FIT, EXIT_UNFIT, EXIT_WARNINGS
+from runner_agent.host.tuning import TuningError, recover_after_crash
+
+EXIT_RESTORE_FAILED = 1
+
+
+@click.command(
+    "check",
+    epilog=(
+        "\b\n"
+        f"Exit status:\n"
+        f"  {EXIT_FIT}   fit: nothing adds benchmark noise\n"
+        f"  {EXIT_WARNINGS}  usable with warnings: jobs run, numbers may be noisier (see the fixes)\n"
+        f"  {EXIT_UNFIT}  unfit: jobs cannot run properly here (e.g. no working sandbox, disk full)\n"
+        "  2   usage error (bad flag)\n"
+        f"  With --restore: 0 restored (or nothing to restore), {EXIT_RESTORE_FAILED} a value "
+        "could not be restored."
+    ),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=lambda: platformdirs.user_cache_path("runner-agent"),
+    show_default="platform cache dir",
+    help="Where images are cached (its free space is checked).",
+)
+@click.option("--benchmark-cpus", metavar="CPULIST", help="CPUs for jobs, e.g. 2-7,10.")
+@click.option("--housekeeping-cpus", metavar="CPULIST", help="CPUs for the agent itself, e.g. 0-1.")
+@click.option(
+    "--steal-sample",
+    type=click.FloatRange(0, 60),
+    default=0.5,
+    show_default=True,
+    help="Seconds to sample hypervisor steal time.",
+)
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Restore host settings recorded by a crashed `run --tune` (needs --state-dir), then exit.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=lambda: platformdirs.user_state_path("runner-agent"),
+    show_default="platform state dir",
+    help="The agent's state dir (holds the tuning record).",
+)
+@click.option(
+    "--lock-path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_LOCK_PATH,
+    show_default=True,
+    help="Host-wide tuning lock file.",
+)
+@click.option("--sys-root", type=click.Path(path_type=Path), default=Path("/sys"), hidden=True)
+@click.option("--proc-root", type=click.Path(path_type=Path), default=Path("/proc"), hidden=True)
+def check(
+    as_json: bool,
+    cache_dir: Path,
+    benchmark_cpus: str | None,
+    housekeeping_cpus: str | None,
+    steal_sample: float,
+    restore: bool,
+    state_dir: Path,
+    lock_path: Path,
+    sys_root: Path,
+    proc_root: Path,
+) -> None:
+    """Is this machine fit to produce quiet benchmark numbers?
+
+    Each line says what was checked, what was found, why it matters for benchmark noise and the
+    exact fix.
+    """
+    if restore:
+        _restore(state_dir, sys_root, proc_root, lock_path, as_json)
+        return
+    try:
+        report = run_preflight(
+            cache_dir=cache_dir,
+            sys_root=sys_root,
+            proc_root=proc_root,
+            benchmark_cpus=benchmark_cpus,
+            housekeeping_cpus=housekeeping_cpus,
+            steal_sample_seconds=steal_sample,
+        )
+    except LayoutError as error:
+        raise click.UsageError(str(error)) from error
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(report.text())
+    sys.exit(report.exit_code)
+
+
+def _restore(state_dir: Path, sys_root: Path, proc_root: Path, lock_path: Path, as_json: bool) -> None:
+    try:
+        results = recover_after_crash(state_dir, sys_root, proc_root, lock_path)
+    except (TuningError, TuningLockedError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_RESTORE_FAILED)
+    failed = [r for r in results if r.error is not None]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "restored": [r.change.to_json() for r in results if r.error is None],
+                    "failed": [{**r.change.to_json(), "error": r.error} for r in failed],
+                },
+                indent=1,
+            )
+        )
+    elif not results:
+        click.echo(f"nothing to restore (no tuning record in {state_dir})")
+    else:
+        for r in results:
+            status = f"FAILED: {r.error}" if r.error else "restored"
+            click.echo(f"{r.change.knob}: {r.change.path} -> {r.change.original!r} {status}")
+    sys.exit(EXIT_RESTORE_FAILED if failed else 0)
