@@ -29,3 +29,7 @@ main.add_command(config_group)
 from runner_agent.commands.check_cmd import check  # noqa: E402
 
 main.add_command(check)
+
+from runner_agent.commands.install_service_cmd import install_service  # noqa: E402
+
+main.add_command(install_service)
