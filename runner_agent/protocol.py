@@ -146,7 +146,14 @@ _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _JWT_RE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _RFC3339_RE: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+# The forms Rust's ``Uuid::parse_str`` accepts: simple, hyphenated, braced, URN.
+_UUID_RE: Final = re.compile(
+    r"(?:urn:uuid:)?(?P<h>[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"
+    r"|\{(?P<b>[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\}"
+    r"|(?P<s>[0-9A-Fa-f]{32})"
 )
 _URL_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _HOST_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp"})
@@ -155,7 +162,6 @@ _HOST_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp"})
 # --------------------------------------------------------------------------------------------
 # Field validators (run on construction, so invalid messages can't be built in code either)
 
-_V = TypeVar("_V")
 _Validator: TypeAlias = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
@@ -487,10 +493,10 @@ def _structure_bool(value: object, _type: object) -> bool:
 
 def _structure_uuid(value: object, _type: object) -> UUID:
     text = _structure_str(value, str)
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise ValueError(f"expected a UUID, got {_describe(value)}") from None
+    match = _UUID_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected a UUID, got {_describe(value)}")
+    return uuid.UUID(match.group("h") or match.group("b") or match.group("s"))
 
 
 def _structure_datetime(value: object, _type: object) -> datetime:
@@ -501,14 +507,13 @@ def _structure_datetime(value: object, _type: object) -> datetime:
     if normalized.endswith("Z"):
         normalized = normalized[:-1] + "+00:00"
     # Python keeps microseconds only: truncate nanosecond fractions (chrono would keep them).
-    match = re.search(r"\.(\d+)", normalized)
+    match = re.search(r"\.([0-9]+)", normalized)
     if match is not None and len(match.group(1)) > 6:
         normalized = normalized[: match.start(1) + 6] + normalized[match.end(1) :]
     try:
-        parsed = datetime.fromisoformat(normalized)
-    except ValueError:
+        return datetime.fromisoformat(normalized).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError(f"expected a valid RFC 3339 date-time, got {_describe(value)}") from None
-    return parsed.astimezone(UTC)
 
 
 def _structure_enum(value: object, type_: type[enum.StrEnum]) -> enum.StrEnum:
@@ -523,7 +528,10 @@ def _structure_enum(value: object, type_: type[enum.StrEnum]) -> enum.StrEnum:
 def _format_datetime(value: datetime) -> str:
     """RFC 3339 in UTC as chrono writes it (``AutoSi``: 0, 3, 6 fraction digits; ``Z``)."""
     utc = value.astimezone(UTC)
-    base = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    base = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
+        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+    )
     micro = utc.microsecond
     if micro == 0:
         fraction = ""
@@ -585,22 +593,27 @@ def _make_converter() -> cattrs.Converter:
     def structure_mapping(value: object, type_: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ValueError(f"expected an object, got {_describe(value)}")
-        value_type = get_args(type_)[1]
+        key_type, value_type = get_args(type_)
+        for key in value:
+            conv.structure(key, key_type)  # a JSON key is a str; this rejects lone surrogates
         values = structure_items(list(value.items()), value_type, type_)
         return dict(zip(value, values, strict=True))
 
     conv.register_structure_hook_func(_is_tuple, structure_tuple)
     conv.register_structure_hook_func(_is_mapping, structure_mapping)
 
-    spec_hook = cattrs.gen.make_dict_structure_fn(Spec, conv)
+    def attrs_hook(cls: type[Any]) -> Callable[[object, Any], Any]:
+        generated = cattrs.gen.make_dict_structure_fn(cls, conv)
+        filled = dict.fromkeys(_ALWAYS_EMIT.get(cls, ()))
 
-    def structure_spec(value: object, _type: Any) -> Spec:
-        if not isinstance(value, dict):
-            raise ValueError(f"expected an object, got {_describe(value)}")
-        filled = {name: None for name in _ALWAYS_EMIT[Spec]} | value
-        return spec_hook(filled, Spec)
+        def structure_object(value: object, _type: Any) -> Any:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected an object, got {_describe(value)}")
+            return generated(filled | value if filled else value, cls)
 
-    conv.register_structure_hook(Spec, structure_spec)
+        return structure_object
+
+    conv.register_structure_hook_factory(attrs.has, attrs_hook)
     return conv
 
 
