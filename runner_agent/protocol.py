@@ -651,7 +651,16 @@ def encode(msg: RunnerMessage | ServerMessage) -> str:
     if event is None:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
     body = {"event": event, **_unstructure(msg)}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (e.g. from surrogateescape-decoded output) cannot go in a Text frame,
+        # and Bencher's serde_json rejects an escaped one; refuse loudly instead of sending junk.
+        raise ValueError(
+            f"{event} message contains text that is not valid Unicode: {exc.reason}"
+        ) from None
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,6 +726,7 @@ def _collect(exc: BaseException, path: str, out: list[str]) -> None:
 
 
 _T = TypeVar("_T")
+_MAX_PROBLEMS: Final = 5
 
 
 def _structure(obj: object, cls: type[_T], root: str) -> _T:
@@ -727,6 +737,9 @@ def _structure(obj: object, cls: type[_T], root: str) -> _T:
     except Exception as exc:  # the boundary: whatever cattrs/attrs raised becomes ProtocolError
         problems: list[str] = []
         _collect(exc, root, problems)
+        if len(problems) > _MAX_PROBLEMS:
+            extra = len(problems) - _MAX_PROBLEMS
+            problems = [*problems[:_MAX_PROBLEMS], f"... and {extra} more"]
         raise ProtocolError("; ".join(problems) or f"{root}: invalid") from None
 
 

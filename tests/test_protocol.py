@@ -420,6 +420,24 @@ def test_constructors_validate_like_the_decoder() -> None:
         Update("1", "nope", SHA)
     with pytest.raises(ValueError, match="digest"):
         JobConfig("https://r.test/", JOB, "sha256:xyz")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        JobConfig("https://r.test/", JOB, "sha256:" + SHA, backdate=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="registry"):
+        JobConfig("https://", JOB, "sha256:" + SHA)
+
+
+def test_encode_refuses_text_that_is_not_unicode() -> None:
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        encode(Failed(JOB, (IterationOutput(1, stdout="bad \udcff byte"),), "e"))
+
+
+def test_error_list_is_capped() -> None:
+    results = ",".join('{"exit_code":"x"}' for _ in range(50))
+    with pytest.raises(ProtocolError) as info:
+        decode_runner('{"event":"completed","job":"' + str(JOB) + '","results":[' + results + "]}")
+    message = str(info.value)
+    assert message.startswith("completed.results[0].exit_code: expected an integer")
+    assert message.endswith("... and 45 more")
 
 
 def test_encode_sorts_output_keys_and_omits_absent_fields() -> None:
