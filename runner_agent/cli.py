@@ -33,3 +33,7 @@ main.add_command(check)
 from runner_agent.commands.install_service_cmd import install_service  # noqa: E402
 
 main.add_command(install_service)
+
+from runner_agent.commands.devserver_cmd import dev_server  # noqa: E402
+
+main.add_command(dev_server)

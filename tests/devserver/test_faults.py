@@ -9,7 +9,16 @@ import trio.testing
 from runner_agent.devserver import ConnState, JobStatus
 from runner_agent.protocol import Update, encode
 
-from .conftest import client, claim, dev_server, expect_close, expect_dropped, job_config, recv, send
+from .conftest import (
+    claim,
+    client,
+    dev_server,
+    expect_close,
+    expect_dropped,
+    job_config,
+    recv,
+    send,
+)
 
 RESULTS = [{"exit_code": 0}]
 

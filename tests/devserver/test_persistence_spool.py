@@ -11,7 +11,7 @@ import trio.testing
 from runner_agent.devserver import DevServerSettings, JobStatus
 from runner_agent.devserver.server import DevServer
 
-from .conftest import RUNNER_A, RUNNER_B, client, claim, dev_server, job_config, recv, send
+from .conftest import RUNNER_A, RUNNER_B, claim, client, dev_server, job_config, recv, send
 
 RESULTS = [{"exit_code": 0, "output": {"/out.json": "{}"}}]
 
