@@ -1,0 +1,191 @@
+"""One benchmark process: gated spawn, placement, exit wait with resource usage, kill ladder.
+
+The child starts as a tiny host ``/bin/sh`` gate in a new session (so its own process group)
+that waits on its stdin pipe. While it waits, the agent moves it into the cgroup, sets its CPU
+affinity and memory rlimit; then releases it and the gate ``exec``s the real command, which
+inherits all of that — no ``preexec_fn``, no window where the benchmark runs unplaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import trio
+
+from runner_agent.errors import JobError
+from runner_agent.execute import proctree
+
+log = logging.getLogger(__name__)
+
+GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+KILL_ROUNDS = 100
+_live_roots: set[int] = set()
+
+
+class Child:
+    """A spawned, not yet released benchmark process with its output pipes."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        *,
+        adopt_orphans: bool,
+        spare_root_on_term: bool,
+    ) -> None:
+        self.adopt_orphans = adopt_orphans
+        self.spare_root_on_term = spare_root_on_term
+        if adopt_orphans:
+            proctree.enable_subreaper()
+        gate_r, self._gate_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self._popen = subprocess.Popen(
+                ["/bin/sh", "-c", GATE, "runner-agent-gate", *argv],
+                stdin=gate_r, stdout=out_w, stderr=err_w, env=dict(env), cwd=cwd,
+                start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            for fd in (self._gate_w, out_r, err_r):
+                os.close(fd)
+            raise JobError(f"Failed to spawn process: {exc}") from exc
+        finally:
+            for fd in (gate_r, out_w, err_w):
+                os.close(fd)
+        self.pid = self._popen.pid
+        _live_roots.add(self.pid)
+        self._pidfd = os.pidfd_open(self.pid)
+        info = proctree.read_stat(self.pid)
+        self.start_ticks = info.start if info else 0
+        self.stdout = trio.lowlevel.FdStream(out_r)
+        self.stderr = trio.lowlevel.FdStream(err_r)
+        self.started = 0.0
+        self.exited = 0.0
+        self.killed = False
+        self.status: int | None = None
+        self.rusage: resource.struct_rusage | None = None
+        self.cgroup: Path | None = None
+
+    def place(self, cpus: frozenset[int], cgroup: Path | None, memory: int | None) -> None:
+        """Apply placement to the gated process; raises `JobError` if the kernel refuses."""
+        try:
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(f"{self.pid}\n")
+                self.cgroup = cgroup
+            if cpus:
+                os.sched_setaffinity(self.pid, cpus)
+            if memory is not None:
+                resource.prlimit(self.pid, resource.RLIMIT_DATA, (memory, memory))
+        except OSError as exc:
+            self._abort()
+            raise JobError(f"Execution error: could not place the benchmark process: {exc}") from exc
+
+    def release(self) -> None:
+        """Let the gate exec the benchmark."""
+        self.started = time.perf_counter()
+        try:
+            os.write(self._gate_w, b"go\n")
+        finally:
+            os.close(self._gate_w)
+            self._gate_w = -1
+
+    def _abort(self) -> None:
+        if self._gate_w >= 0:
+            os.close(self._gate_w)
+            self._gate_w = -1
+        proctree.signal_group(self.pid, signal.SIGKILL)
+
+    async def wait(self) -> None:
+        """Until the root process has exited (it is then reaped with its resource usage)."""
+        if self.status is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._reap()
+
+    def _reap(self) -> None:
+        _, status, usage = os.wait4(self.pid, 0)
+        self.exited = time.perf_counter()
+        self.status, self.rusage = status, usage
+        self._popen.returncode = os.waitstatus_to_exitcode(status)
+        _live_roots.discard(self.pid)
+
+    def members(self) -> set[int]:
+        """The live (non-zombie) processes of this benchmark's tree, root included."""
+        procs = proctree.scan()
+        pids = proctree.tree(
+            self.pid, self.start_ticks, procs, adopted=self.adopt_orphans, known=_live_roots
+        )
+        if self.status is not None:
+            pids.discard(self.pid)
+        return {p for p in pids if procs[p].state not in ("Z", "X")}
+
+    async def terminate(self, grace: float) -> None:
+        """The kill ladder: SIGTERM to the group and tree, ``grace`` seconds for the root to exit,
+        then SIGKILL (and ``cgroup.kill``) until no process of the tree is left."""
+        if self._gate_w >= 0:
+            self._abort()
+        self.killed = True
+        term = self.members()
+        if self.spare_root_on_term:
+            term.discard(self.pid)  # bwrap: the benchmark inside gets SIGTERM, not the sandbox
+        else:
+            proctree.signal_group(self.pid, signal.SIGTERM)
+        proctree.signal_all(term, signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await self.wait()
+        await self.kill_rest()
+
+    async def kill_rest(self) -> None:
+        """SIGKILL whatever is left of the tree (after the root exited, or after the grace)."""
+        seen: set[int] = set()
+        for round_ in range(KILL_ROUNDS):
+            live = self.members()
+            if not live:
+                break
+            seen |= live
+            proctree.signal_group(self.pid, signal.SIGKILL)
+            proctree.signal_all(live, signal.SIGKILL)
+            if self.cgroup is not None:
+                try:
+                    (self.cgroup / "cgroup.kill").write_text("1\n")
+                except OSError as exc:
+                    log.warning("cgroup.kill in %s failed: %s", self.cgroup, exc)
+            proctree.reap_adopted(live - {self.pid})
+            if self.status is None and self.pid in live:
+                with trio.move_on_after(1.0):
+                    await self.wait()
+            await trio.sleep(0.0005 * (round_ + 1))
+        else:
+            log.error("benchmark processes survived %d SIGKILL rounds: %s", KILL_ROUNDS, live)
+        await self.wait()
+        if self.adopt_orphans:
+            await _reap_adopted(seen - {self.pid})
+
+    def close(self) -> None:
+        """Release the process handle (the pipes belong to the caller's streams)."""
+        if self._gate_w >= 0:
+            self._abort()
+        os.close(self._pidfd)
+
+
+async def _reap_adopted(pids: set[int]) -> None:
+    """Wait (briefly) for killed adopted orphans to exit, and collect their zombies."""
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            with trio.move_on_after(1.0):
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+        proctree.reap_adopted((pid,))

@@ -1,0 +1,196 @@
+"""One iteration: a private root, the gated child, concurrent bounded draining, file collection.
+
+On cancellation (job cancel or timeout) the kill ladder runs shielded, so the process tree is
+gone before the cancellation propagates; ``metrics`` is set in every case once the root exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+from attrs import frozen
+
+from runner_agent.execute.capture import BoundedCapture, drain
+from runner_agent.execute.child import Child
+from runner_agent.execute.overlay import OverlayError, scratch_root
+from runner_agent.execute.plan import JobPlan
+from runner_agent.execute.results import IterationMetrics, exit_code_of
+from runner_agent.execute.rootpath import RootPathError, resolve_in_root
+from runner_agent.execute.sandbox import bwrap_argv
+
+log = logging.getLogger(__name__)
+
+DRAIN_GUARD_S = 5.0
+
+
+@frozen
+class IterationResult:
+    """What one finished iteration produced (before conversion to Bencher's wire form)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    files: dict[str, bytes] | None
+    file_sizes: dict[str, int] | None
+    metrics: IterationMetrics
+
+
+@contextmanager
+def iteration_root(plan: JobPlan) -> Iterator[Path]:
+    """The root the iteration runs in: a private overlay (always in sandbox mode; in host mode
+    when the kernel lets us), else the shared rootfs itself (host mode only)."""
+    if plan.mode == "sandbox":
+        with scratch_root(plan.rootfs, plan.options.work_dir) as root:
+            yield root
+        return
+    try:
+        ctx = scratch_root(plan.rootfs, plan.options.work_dir)
+        root = ctx.__enter__()
+    except OverlayError as exc:
+        log.warning("host mode without a private overlay (%s): running in the shared rootfs", exc)
+        yield plan.rootfs
+        return
+    try:
+        yield root
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def collect_files(
+    root: Path, paths: tuple[str, ...] | None, cap: int
+) -> tuple[dict[str, bytes] | None, dict[str, int] | None]:
+    """Bencher's rule: read each path (inside the root); a missing or unreadable file is skipped
+    with a warning; no file at all gives ``None``. Contents beyond ``cap`` bytes are not read."""
+    if paths is None:
+        return None, None
+    files: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
+    for path in paths:
+        try:
+            host = resolve_in_root(root, path)
+            with open(host, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                data = fh.read(cap)
+        except (RootPathError, OSError) as exc:
+            log.warning("output file %s not collected: %s", path, exc)
+            continue
+        if size > cap:
+            marker = f"\n[runner-agent: file truncated, {size - cap} of {size} bytes not read]\n"
+            data += marker.encode()
+        files[path] = data
+        sizes[path] = size
+    if not files:
+        return None, None
+    return files, sizes
+
+
+def host_program(root: Path, program: str) -> Path:
+    """The host path of the in-image ``program``: its directory resolved inside the root, its
+    own name kept when it is a relative symlink (multi-call binaries like busybox dispatch on
+    it); an absolute symlink is resolved inside the root too."""
+    parent, _, name = program.rpartition("/")
+    candidate = resolve_in_root(root, parent or "/") / name
+    if candidate.is_symlink() and os.readlink(candidate).startswith("/"):
+        return resolve_in_root(root, program)
+    return candidate
+
+
+class Iteration:
+    """Runs iteration ``index`` of ``plan``; read ``metrics`` after `run` (also when cancelled)."""
+
+    def __init__(self, plan: JobPlan, index: int) -> None:
+        self.plan = plan
+        self.index = index
+        self.metrics: IterationMetrics | None = None
+
+    def _command(self, root: Path) -> tuple[list[str], dict[str, str], Path]:
+        plan = self.plan
+        if plan.mode == "sandbox":
+            argv = bwrap_argv(
+                plan.options.bwrap, root, plan.argv, plan.env, plan.workdir, network=plan.network
+            )
+            return argv, {}, Path("/")
+        program = host_program(root, plan.argv[0])
+        try:
+            cwd = resolve_in_root(root, plan.workdir)
+        except RootPathError:
+            log.warning("working dir %s not in the image; using its root", plan.workdir)
+            cwd = root
+        return [str(program), *plan.argv[1:]], dict(plan.env), cwd
+
+    async def run(self) -> IterationResult:
+        plan = self.plan
+        with iteration_root(plan) as root:
+            argv, env, cwd = self._command(root)
+            child = Child(
+                argv, env, cwd,
+                adopt_orphans=plan.mode == "host",
+                spare_root_on_term=plan.mode == "sandbox",
+            )
+            try:
+                out = BoundedCapture("stdout", plan.options.stream_cap)
+                err = BoundedCapture("stderr", plan.options.stream_cap)
+                child.place(plan.cpus, plan.options.placement.cgroup_dir, plan.memory_limit)
+                await self._supervise(child, out, err)
+            finally:
+                child.close()
+                await child.stdout.aclose()
+                await child.stderr.aclose()
+            files, sizes = collect_files(root, plan.file_paths, plan.options.file_read_cap)
+        metrics = self.metrics
+        assert metrics is not None
+        return IterationResult(
+            exit_code=exit_code_of(metrics.exit_code, metrics.signal),
+            stdout=out.text(),
+            stderr=err.text(),
+            files=files,
+            file_sizes=sizes,
+            metrics=metrics,
+        )
+
+    async def _supervise(self, child: Child, out: BoundedCapture, err: BoundedCapture) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, child.stdout, out)
+            nursery.start_soon(drain, child.stderr, err)
+            try:
+                child.release()
+                await child.wait()
+                await child.kill_rest()  # leftovers of a finished benchmark (host mode)
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True):
+                    await child.terminate(self.plan.options.kill_grace)
+                    self._record(child, out, err)
+                raise
+            finally:
+                if child.status is not None and self.metrics is None:
+                    self._record(child, out, err)
+            nursery.cancel_scope.deadline = trio.current_time() + DRAIN_GUARD_S
+
+    def _record(self, child: Child, out: BoundedCapture, err: BoundedCapture) -> None:
+        status = child.status or 0
+        usage = child.rusage
+        self.metrics = IterationMetrics(
+            iteration=self.index,
+            wall_s=max(0.0, child.exited - child.started),
+            user_s=usage.ru_utime if usage else 0.0,
+            sys_s=usage.ru_stime if usage else 0.0,
+            max_rss_kb=usage.ru_maxrss if usage else 0,
+            exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+            dropped_bytes=out.dropped + err.dropped,
+            killed=child.killed,
+        )
+        log.info(
+            "iteration %d: exit=%s signal=%s wall=%.3fs user=%.3fs sys=%.3fs max_rss=%dKiB "
+            "stdout=%dB stderr=%dB dropped=%dB%s",
+            self.index, self.metrics.exit_code, self.metrics.signal, self.metrics.wall_s,
+            self.metrics.user_s, self.metrics.sys_s, self.metrics.max_rss_kb,
+            out.total, err.total, self.metrics.dropped_bytes, " (killed)" if child.killed else "",
+        )

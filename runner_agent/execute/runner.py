@@ -1,0 +1,112 @@
+"""Running a job: iterations in order under the job timeout and the driver's cancel, with
+Bencher's rules for stopping and for the outcome (failure beats cancellation)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from runner_agent.errors import JobError
+from runner_agent.execute.control import JobControl
+from runner_agent.execute.iteration import Iteration
+from runner_agent.execute.options import ExecOptions
+from runner_agent.execute.plan import JobPlan, build_plan
+from runner_agent.execute.results import (
+    IterationMetrics,
+    JobOutcome,
+    iteration_output,
+    metric_output,
+)
+from runner_agent.protocol import ClaimedJob, IterationOutput
+
+log = logging.getLogger(__name__)
+
+
+def timeout_error(seconds: float) -> str:
+    return f"Execution error: Benchmark timeout: job timed out after {seconds:g} s"
+
+
+async def run_plan(
+    plan: JobPlan,
+    control: JobControl,
+    *,
+    on_iteration: Callable[[IterationMetrics], None] | None = None,
+) -> JobOutcome:
+    """Run ``plan``'s iterations; never raises for benchmark problems (they are the outcome)."""
+    results: list[IterationOutput] = []
+    metrics: list[IterationMetrics] = []
+    error: str | None = None
+    started = time.monotonic()
+    with trio.move_on_after(plan.timeout) as timeout_scope, control.guard():
+        for index in range(plan.iterations):
+            log.info("job %s: iteration %d/%d", plan.job, index + 1, plan.iterations)
+            iteration = Iteration(plan, index)
+            try:
+                done = await iteration.run()
+            except JobError as exc:
+                if plan.allow_failure:
+                    log.warning("iteration %d failed (allow_failure, skipping): %s", index + 1, exc)
+                    continue
+                error = str(exc)
+                break
+            finally:
+                if iteration.metrics is not None:
+                    metrics.append(iteration.metrics)
+                    if on_iteration is not None:
+                        on_iteration(iteration.metrics)
+            output: dict[str, str] | None = None
+            if done.files is not None:
+                output = {k: v.decode("utf-8", errors="replace") for k, v in done.files.items()}
+            if plan.build_time or plan.file_size:
+                output = metric_output(
+                    done.metrics.wall_s if plan.build_time else None,
+                    plan.benchmark_name, plan.file_size, done.file_sizes,
+                )
+            results.append(iteration_output(done.exit_code, done.stdout, done.stderr, output))
+            if done.exit_code != 0 and not plan.allow_failure:
+                error = f"Benchmark exited with non-zero exit code: {done.exit_code}"
+                break
+    elapsed = time.monotonic() - started
+    if timeout_scope.cancelled_caught and error is None:
+        error = timeout_error(plan.timeout)
+        log.warning("job %s timed out after %.1f s", plan.job, elapsed)
+    if error is not None:
+        return JobOutcome("failed", tuple(results), error, tuple(metrics))
+    if control.cancel_requested:
+        if control.outcome == "failed":
+            return JobOutcome("failed", tuple(results), control.reason or "canceled", tuple(metrics))
+        return JobOutcome("canceled", tuple(results), None, tuple(metrics))
+    return JobOutcome("completed", tuple(results), None, tuple(metrics))
+
+
+async def execute_job(
+    job: ClaimedJob,
+    image_source: Any,
+    cache: Any,
+    options: ExecOptions,
+    control: JobControl,
+    *,
+    on_iteration: Callable[[IterationMetrics], None] | None = None,
+) -> JobOutcome:
+    """Prepare the image, plan and run the job; image and plan errors become a ``failed`` outcome
+    with the readable error. Preparing the image is cancellable through ``control`` too."""
+    from runner_agent.oci import prepare_image  # the OCI side; imported late on purpose
+
+    try:
+        with control.guard():
+            image = await prepare_image(image_source, cache)
+    except JobError as exc:
+        return JobOutcome("failed", (), str(exc))
+    if control.cancel_requested:
+        if control.outcome == "failed":
+            return JobOutcome("failed", (), control.reason or "canceled")
+        return JobOutcome("canceled", (), None)
+    try:
+        plan = build_plan(job, image, options)
+    except JobError as exc:
+        return JobOutcome("failed", (), str(exc))
+    return await run_plan(plan, control, on_iteration=on_iteration)
