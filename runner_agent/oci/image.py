@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
-from attrs import frozen
+from attrs import field, frozen
+
+
+class Lease(Protocol):
+    """Something that keeps a cached rootfs from being evicted until released."""
+
+    def release(self) -> None: ...
 
 
 @frozen
@@ -31,3 +38,9 @@ class PreparedImage:
     manifest_digest: str
     rootfs: Path
     config: ImageConfig
+    lease: Lease | None = field(default=None, eq=False, repr=False)
+
+    def release(self) -> None:
+        """Let the cache evict this rootfs again (idempotent; also happens when garbage collected)."""
+        if self.lease is not None:
+            self.lease.release()
