@@ -543,7 +543,9 @@ def test_drain_while_polling_waits_for_the_answer_then_exits() -> None:
     h.connected_polling()
     assert not of(h.step(Shutdown(h.now, 1)), Exit)
     effects = h.frame(NoJob())
-    assert sends(effects) == [] and of(effects, CloseConnection) and of(effects, Exit)
+    assert sends(effects) == []
+    assert of(effects, CloseConnection)
+    assert of(effects, Exit)
 
 
 def test_drain_while_polling_still_runs_a_job_that_arrives() -> None:
@@ -560,7 +562,8 @@ def test_drain_finishes_the_job_delivers_and_exits_without_ready() -> None:
     assert not of(effects, AbortJob) and not of(effects, Exit)
     h.finish(Completed(JOB1.uuid, RESULT))
     effects = h.frame(Ack(JOB1.uuid))
-    assert of(effects, DeleteMessage) and of(effects, Exit)
+    assert of(effects, DeleteMessage)
+    assert of(effects, Exit)
     assert Ready(poll_timeout=55) not in sends(effects)
 
 
@@ -589,7 +592,8 @@ def test_abort_while_polling_closes_and_exits() -> None:
     h = Harness()
     h.connected_polling()
     effects = h.step(Shutdown(h.now, 2))
-    assert of(effects, CloseConnection) and of(effects, Exit)
+    assert of(effects, CloseConnection)
+    assert of(effects, Exit)
 
 
 def test_shutdown_while_disconnected_exits_or_delivers_first() -> None:
