@@ -50,6 +50,8 @@ class Setting:
         text = self.path.read_text()
         if self.choice:
             value = bracketed(text)
+            if value is None and len(text.split()) == 1:
+                value = text.strip()  # a lone word is that choice
             if value is None:
                 raise ValueError(f"{self.path}: no [selected] value in {text.strip()!r}")
             return value

@@ -85,7 +85,7 @@ def test_turbo_generic_boost(quiet_host: FakeHost) -> None:
 
 
 def test_thp_unparseable_is_a_warning(quiet_host: FakeHost) -> None:
-    quiet_host.write("sys/kernel/mm/transparent_hugepage/enabled", "garbage\n")
+    quiet_host.write("sys/kernel/mm/transparent_hugepage/enabled", "always madvise never\n")
     found = checks.check_knob(roots(quiet_host), knob("thp"))
     assert found.status is Status.WARN and "unreadable" in found.found
 
