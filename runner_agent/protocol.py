@@ -127,7 +127,7 @@ _ENUMS: Final[tuple[type[enum.StrEnum], ...]] = (
 )
 
 # --------------------------------------------------------------------------------------------
-# Limits (PROTOCOL.md section 2, with the Bencher source they come from)
+# Limits (PROTOCOL.md sections 1.4 and 2 cite the Bencher source of each)
 
 POLL_TIMEOUT_MIN: Final = 1
 POLL_TIMEOUT_MAX: Final = 900
