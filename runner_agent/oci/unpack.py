@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -76,9 +77,9 @@ class _HashingReader:
             pass
 
 
-def _decompressor(raw: BinaryIO) -> _Readable:
-    magic = raw.read(4)
-    raw.seek(0)
+def _decompressor(blob: BinaryIO) -> _Readable:
+    raw = io.BufferedReader(blob, CHUNK)  # type: ignore[type-var]
+    magic = raw.peek(4)[:4]
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if magic == b"\x28\xb5\x2f\xfd":
