@@ -12,7 +12,7 @@ from typing import Any
 from attrs import field, frozen
 
 
-def _non_negative(instance: object, attribute: Any, value: float | int | None) -> None:
+def _non_negative(instance: object, attribute: Any, value: Any) -> None:
     if value is not None and value < 0:
         raise ValueError(f"{attribute.name} must not be negative, got {value}")
 

@@ -10,7 +10,7 @@ import pytest
 from runner_agent.host.metrics import IterationRecord, MetricsFile
 
 
-def record(iteration: int, **kw: object) -> IterationRecord:
+def record(iteration: int = 0, **kw: object) -> IterationRecord:
     base: dict[str, object] = dict(
         job="job-1", iteration=iteration, wall=1.25, user=1.0, sys=0.125, peak_rss=10_485_760,
         exit=0, cpus=frozenset({3, 1}), tuning={"aslr": "0"}, timestamp="2026-11-27T01:00:00Z",
@@ -45,4 +45,4 @@ def test_existing_content_is_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field_name", ["iteration", "wall", "user", "sys", "peak_rss"])
 def test_negative_values_are_refused(field_name: str) -> None:
     with pytest.raises(ValueError, match=f"{field_name} must not be negative"):
-        record(0, **{field_name: -1})
+        record(**{field_name: -1})
