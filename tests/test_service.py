@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,3 +288,24 @@ def test_example_unit_in_scripts_is_current() -> None:
         "'from tests.test_service import example_spec; from runner_agent.service import render_unit; "
         'print(render_unit(example_spec()), end="")\' > scripts/runner-agent.service'
     )
+
+
+def test_provision_script_parses_and_checks_its_arguments() -> None:
+    script = REPO / "scripts/provision.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    if shutil.which("shellcheck"):
+        lint = subprocess.run(
+            ["shellcheck", str(script)], capture_output=True, text=True, timeout=60
+        )
+        assert lint.returncode == 0, lint.stdout
+    shown = subprocess.run(
+        ["bash", str(script), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0
+    assert "--key-file PATH" in shown.stdout
+    assert "runner-agent install-service" in shown.stdout
+    missing = subprocess.run(
+        ["bash", str(script), "--runner", "r1"], capture_output=True, text=True, timeout=30
+    )
+    assert missing.returncode == 2
+    assert "--key-file PATH is required" in missing.stderr
