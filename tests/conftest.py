@@ -41,5 +41,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> _Iterator[RegistryServ
 
 @pytest.fixture(scope="session")
 def busybox_image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> RegistryImage:
-    """A busybox image (OCI manifest, gzip layer) pushed to ``registry`` as ``test/busybox``."""
-    return push_busybox_sync(registry.url, "test/busybox", tmp_path_factory.mktemp("busybox"))
+    """A busybox image (OCI manifest, gzip layer) pushed to ``registry`` as ``test/busybox`` (tag ``latest``)."""
+    return push_busybox_sync(
+        registry.url, "test/busybox", tmp_path_factory.mktemp("busybox"), tag="latest"
+    )
+
+
+# --- Job execution fixtures (tests/support/rootfs.py) ---
+from tests.support.rootfs import make_busybox_rootfs  # noqa: E402
+
+
+@pytest.fixture
+def busybox_rootfs(tmp_path: Path) -> Path:
+    """A busybox root filesystem on disk (``/bin/sh`` and friends), built without OCI."""
+    return make_busybox_rootfs(tmp_path / "rootfs")
