@@ -115,7 +115,7 @@ class Agent:
         rng: random.Random | None = None,
         handle_signals: bool = True,
         stats: Any = None,
-        on_iteration: Callable[[ClaimedJob, IterationMetrics], None] | None = None,
+        on_iteration: Callable[[PreparedJob, IterationMetrics], None] | None = None,
     ) -> None:
         self.config = config
         self.runner = runner
@@ -482,8 +482,11 @@ class Agent:
                                            "wall_s": m.wall_s, "user_s": m.user_s,
                                            "sys_s": m.sys_s, "max_rss_kb": m.max_rss_kb,
                                            "exit_code": m.exit_code, "signal": m.signal}})
-                if self._on_iteration_hook is not None:
-                    self._on_iteration_hook(job, m)
+                if self._on_iteration_hook is not None and prepared is not None:
+                    try:
+                        self._on_iteration_hook(prepared, m)
+                    except Exception:
+                        log.exception("job %s: iteration hook failed", job.uuid)
 
             outcome = await self.runner.run(prepared, control, on_iteration)
             return outcome.to_message(job.uuid, self.config.max_message_size)

@@ -37,3 +37,7 @@ main.add_command(install_service)
 from runner_agent.commands.devserver_cmd import dev_server  # noqa: E402
 
 main.add_command(dev_server)
+
+from runner_agent.commands.run_cmd import run  # noqa: E402
+
+main.add_command(run)

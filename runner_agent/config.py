@@ -131,6 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tune", "bool", "Apply host tuning at start-up and restore it at exit (root only).",
             False),
     Setting("metrics_file", "path", "Append one JSON record per benchmark iteration to this file."),
+    Setting("health_addr", "str", "Serve /healthz and /metrics on HOST:PORT (e.g. 127.0.0.1:9464)."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -177,6 +178,7 @@ class Config:
     housekeeping_cpus: str | None = None
     tune: bool = False
     metrics_file: Path | None = None
+    health_addr: str | None = None
     config_file: Path | None = None
     sources: Mapping[str, Source] = field(factory=dict, repr=False, eq=False)
 
