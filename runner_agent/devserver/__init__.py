@@ -2,7 +2,7 @@
 (``runner-agent dev-server``): see :mod:`runner_agent.devserver.server`."""
 
 from runner_agent.devserver.auth import RateLimits, RunnerIdentity, generate_key
-from runner_agent.devserver.connection import Channel, ConnState
+from runner_agent.devserver.connection import Channel, ConnState, FrameRecord
 from runner_agent.devserver.faults import Faults
 from runner_agent.devserver.server import ConnectionAttempt, DevServer, runner_uuid_for
 from runner_agent.devserver.settings import DevServerSettings
@@ -15,6 +15,7 @@ __all__ = [
     "DevServer",
     "DevServerSettings",
     "Faults",
+    "FrameRecord",
     "JobRecord",
     "JobStatus",
     "RateLimits",

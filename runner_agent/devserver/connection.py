@@ -16,6 +16,7 @@ import enum
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -78,6 +79,19 @@ class Ending:
         return cls(why="shutdown", code=SHUTDOWN_CODE, reason=SHUTDOWN_REASON, watch_job=False, flush=False)
 
 
+@frozen
+class FrameRecord:
+    """One text frame on a connection (binary frames are summarised)."""
+
+    at: float  # trio clock
+    conn_id: int
+    runner: UUID
+    direction: str  # "in" (runner → server) | "out"
+    text: str
+
+
+FrameLog = deque[FrameRecord]
+
 _PEER_GONE = object()
 
 
@@ -96,13 +110,13 @@ class Channel:
         wall_clock: Callable[[], float],
         watch_job: Callable[[UUID], None],
         notify: Callable[[], None],
+        frame_log: FrameLog,
     ) -> None:
         self.conn_id = conn_id
         self.runner = runner
         self.state = ConnState.IDLE
         self.job: UUID | None = None
-        self.received: list[str | bytes] = []
-        self.sent: list[str] = []
+        self._frame_log = frame_log
         self._ws = ws
         self._settings = settings
         self._store = store
@@ -175,7 +189,7 @@ class Channel:
             message = await self._ws.get_message()
         except ConnectionClosed:
             return _PEER_GONE
-        self.received.append(message)
+        self._record("in", message)
         return message
 
     def _queue(self, text: str, not_before: float = 0.0) -> None:
@@ -198,11 +212,19 @@ class Channel:
                 if not_before:
                     await trio.sleep_until(not_before)
                 await self._ws.send_message(text)
-                self.sent.append(text)
+                self._record("out", text)
         except ConnectionClosed:
             log.debug("connection %d: peer gone while sending", self.conn_id)
         finally:
             done.set()
+
+    def _record(self, direction: str, message: str | bytes) -> None:
+        text = message if isinstance(message, str) else f"<binary {len(message)} bytes>"
+        self._frame_log.append(
+            FrameRecord(at=trio.current_time(), conn_id=self.conn_id, runner=self.runner.uuid,
+                        direction=direction, text=text)
+        )
+        self._notify()
 
     # --- IDLE ----------------------------------------------------------------------------------
 

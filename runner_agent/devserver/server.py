@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ from runner_agent.devserver.auth import (
     resolve_runner,
     runner_ref_from_path,
 )
-from runner_agent.devserver.connection import Channel, ConnState, Ending
+from runner_agent.devserver.connection import Channel, ConnState, Ending, FrameLog, FrameRecord
 from runner_agent.devserver.faults import Faults
 from runner_agent.devserver.jobs import default_spec, to_wire
 from runner_agent.devserver.settings import DevServerSettings
@@ -99,6 +100,7 @@ class DevServer:
         self.settings = settings or DevServerSettings()
         self.faults = Faults()
         self.attempts: list[ConnectionAttempt] = []
+        self.frames: FrameLog = deque(maxlen=self.settings.frame_log_size)
         self._requested_port = port
         self._port: int | None = None
         self._wall_clock = wall_clock
@@ -253,6 +255,7 @@ class DevServer:
             wall_clock=self.wall_now,
             watch_job=self.watch_job,
             notify=self._notify,
+            frame_log=self.frames,
         )
         self._channels[channel.conn_id] = channel
         if self._shutdown.is_set():
@@ -275,6 +278,15 @@ class DevServer:
     def connections(self, runner: UUID | None = None) -> list[Channel]:
         """Live connections (optionally of one runner), oldest first."""
         return [c for c in self._channels.values() if runner is None or c.runner.uuid == runner]
+
+    def frames_received(self, event: str | None = None) -> list[FrameRecord]:
+        """Text frames the runner sent (all connections, oldest first), optionally only those
+        whose text contains ``"event":"<event>"``."""
+        needle = None if event is None else f'"event":"{event}"'
+        return [
+            f for f in self.frames
+            if f.direction == "in" and (needle is None or needle in f.text.replace(" ", ""))
+        ]
 
     def connection_attempts(self, runner: UUID | None = None) -> int:
         """How many upgrade requests named this runner (or any runner), whatever their outcome."""

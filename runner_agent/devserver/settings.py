@@ -21,3 +21,4 @@ class DevServerSettings:
     connect_timeout: float = field(default=10.0, validator=gt(0))
     close_timeout: float = field(default=5.0, validator=gt(0))
     issuer: str = "http://localhost:6610/"
+    frame_log_size: int = field(default=100_000, validator=gt(0))  # frames kept in DevServer.frames

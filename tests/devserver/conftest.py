@@ -40,8 +40,8 @@ def job_config(**changes: Any) -> JobConfig:
 @pytest.fixture
 def io_clock() -> trio.testing.MockClock:
     """A MockClock for tests with real sockets: threshold 0 would jump the clock while a frame
-    is in flight on loopback (trio's MockClock docs), so it jumps after 50 ms of real idleness."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
+    is in flight on loopback (trio's MockClock docs), so it jumps after 100 ms of real idleness."""
+    return trio.testing.MockClock(autojump_threshold=0.1)
 
 
 @asynccontextmanager

@@ -116,6 +116,10 @@ async def test_job_lifecycle_running_heartbeats_completed(io_clock: trio.testing
             assert record.status is JobStatus.PROCESSED
             assert record.results == RESULTS and record.runner == RUNNER_A.uuid
             assert [(r.event, r.outcome) for r in record.terminal_messages] == [("completed", "acked")]
+            assert len(server.frames_received("heartbeat")) == 3
+            assert [f.text for f in server.frames if f.direction == "out"][-1] == json.dumps(
+                ack, separators=(",", ":")
+            )
             # back in IDLE: the connection stays open for the next ready
             await send(ws, {"event": "ready", "poll_timeout": 1})
             assert await recv(ws) == {"event": "no_job"}
@@ -299,6 +303,7 @@ async def test_parse_errors_are_ignored_while_polling_and_executing(
             job = server.submit_job(job_config())
             await claim(ws)
             await ws.send_message("{{{")
+            await ws.send_message(b"\x00binary")  # ignored too
             await send(ws, {"event": "surprise"})
             await send(ws, {"event": "running"})
             assert await recv(ws) == {"event": "ack", "job": str(job)}
