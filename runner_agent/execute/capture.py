@@ -42,17 +42,14 @@ class BoundedCapture:
                 del self._tail[:excess]
 
     def text(self) -> str:
+        if not self.dropped:
+            return (self._head + self._tail).decode("utf-8", errors="replace")
+        marker = (
+            f"\n[runner-agent: {self.dropped} bytes of {self.name} dropped "
+            f"({self.total} written, head and tail kept)]\n"
+        )
         head = self._head.decode("utf-8", errors="replace")
-        if not self._tail:
-            return head
-        tail = self._tail.decode("utf-8", errors="replace")
-        if self.dropped:
-            marker = (
-                f"\n[runner-agent: {self.dropped} bytes of {self.name} dropped "
-                f"({self.total} written, head and tail kept)]\n"
-            )
-            return head + marker + tail
-        return head + tail
+        return head + marker + self._tail.decode("utf-8", errors="replace")
 
 
 async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 65536) -> None:
