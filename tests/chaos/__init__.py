@@ -1,0 +1,1 @@
+"""Chaos tests: the fault-injecting TCP proxy and its tests."""
