@@ -76,14 +76,19 @@ class RegistryImage:
         return f"{self.registry.removeprefix('http://')}/{self.repository}@{self.digest}"
 
 
-async def push_busybox(registry_url: str, repository: str, workdir: Path, **kwargs: object) -> RegistryImage:
-    """Build a busybox layout under ``workdir`` and push it; ``kwargs`` go to ``busybox_layout``."""
+async def push_busybox(
+    registry_url: str, repository: str, workdir: Path, *, token: str | None = None, **kwargs: object
+) -> RegistryImage:
+    """Build a busybox layout under ``workdir`` and push it (with ``token`` as the bearer
+    credential, if given); ``kwargs`` go to ``busybox_layout``."""
     layout = workdir / f"layout-{repository.replace('/', '_')}"
     digest = busybox_layout(layout, **kwargs)  # type: ignore[arg-type]
-    await push_layout(layout, registry_url, repository, digest=digest)
+    await push_layout(layout, registry_url, repository, digest=digest, token=token)
     return RegistryImage(registry_url, repository, digest, layout)
 
 
-def push_busybox_sync(registry_url: str, repository: str, workdir: Path, **kwargs: object) -> RegistryImage:
+def push_busybox_sync(
+    registry_url: str, repository: str, workdir: Path, *, token: str | None = None, **kwargs: object
+) -> RegistryImage:
     """``push_busybox`` for synchronous (e.g. session-scoped) fixtures."""
-    return trio.run(lambda: push_busybox(registry_url, repository, workdir, **kwargs))
+    return trio.run(lambda: push_busybox(registry_url, repository, workdir, token=token, **kwargs))
