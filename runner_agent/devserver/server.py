@@ -7,6 +7,16 @@ frame" like Bencher (accept the upgrade with 101, then close the TCP stream with
 Close frame): trio-websocket's ``WebSocketServer`` always sends a Close frame when a handler
 returns, and only a private attribute would reach its stream.
 
+Known differences from Bencher's ``channel.rs`` (all due to trio-websocket or deliberate):
+
+- a Ping is answered by trio-websocket but does not restart the IDLE inactivity timer (control
+  frames are not surfaced to the handler);
+- an over-size message makes trio-websocket send Close 1009 before the connection ends (Bencher
+  just ends it); the limit counts characters of a text message, not UTF-8 bytes;
+- no self-update check: ``update`` is only sent when a test sets ``faults.offer_update``;
+- no billing, no spec/tier matching: any runner may claim a job unless it was submitted for one;
+- result "processing" is a pluggable check (default: accept), so ``completed`` → ``processed``.
+
 Typical test use::
 
     async with DevServer.start(settings=DevServerSettings(heartbeat_timeout=5)) as server:
