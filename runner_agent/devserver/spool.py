@@ -76,13 +76,19 @@ class Spool:
 
     def _reject(self, path: Path, error: str) -> None:
         log.warning("spool: rejected %s: %s", path.name, error)
-        target = self.rejected / path.name
-        os.replace(path, target)
-        (self.rejected / f"{path.name}.error.txt").write_text(error + "\n", encoding="utf-8")
+        try:
+            os.replace(path, self.rejected / path.name)
+            (self.rejected / f"{path.name}.error.txt").write_text(error + "\n", encoding="utf-8")
+        except OSError as move_error:
+            log.error("spool: cannot move %s to %s: %s", path.name, self.rejected, move_error)
 
     def write_job(self, record: JobRecord) -> None:
+        """Mirror one record to ``jobs/<uuid>.json``; a write error is logged, never fatal."""
         document = record_to_json(record)
-        _atomic_write(self.jobs / f"{record.uuid}.json", json.dumps(document, indent=1) + "\n")
+        try:
+            _atomic_write(self.jobs / f"{record.uuid}.json", json.dumps(document, indent=1) + "\n")
+        except OSError as error:
+            log.error("spool: cannot write job %s: %s", record.uuid, error)
 
     async def run(self) -> None:
         while True:
