@@ -106,6 +106,7 @@ class _Link:
         self.blackholed = False
         self.reset = False
         self.ended = 0  # directions that have stopped
+        self.downstream_bytes = 0  # forwarded upstream → client
 
 
 def _set_rst_on_close(stream: trio.SocketStream) -> None:
@@ -128,6 +129,7 @@ class ChaosProxy:
         self._links: set[_Link] = set()
         self.delay = 0.0
         self.rate: float | None = None  # bytes per second, None: unthrottled
+        self.reset_after: int | None = None  # RST a link once it forwarded this many bytes down
         self.faults: Counter[FaultKind] = Counter()
         self.connections_accepted = 0
         self.upstream_refused = 0
@@ -195,8 +197,8 @@ class ChaosProxy:
         try:
             with link.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, link, client, upstream, nursery)
-                    nursery.start_soon(self._pump, link, upstream, client, nursery)
+                    nursery.start_soon(self._pump, link, client, upstream, nursery, False)
+                    nursery.start_soon(self._pump, link, upstream, client, nursery, True)
         finally:
             self._links.discard(link)
             if link.reset:
@@ -207,7 +209,12 @@ class ChaosProxy:
             self._notify()
 
     async def _pump(
-        self, link: _Link, source: trio.SocketStream, sink: trio.SocketStream, nursery: trio.Nursery
+        self,
+        link: _Link,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        nursery: trio.Nursery,
+        downstream: bool,
     ) -> None:
         """Copy one direction; EOF or an error on either side ends the whole link (a black-holed
         link ends only when both directions have ended, since a black hole forwards no FIN)."""
@@ -220,6 +227,16 @@ class ChaosProxy:
                     await trio.sleep(due - now)
                 if link.blackholed:
                     continue
+                if downstream and self.reset_after is not None:
+                    room = self.reset_after - link.downstream_bytes
+                    if len(data) >= room:
+                        await sink.send_all(data[: max(0, room)])
+                        self.faults[FaultKind.RESET] += 1
+                        self.links_cut += 1
+                        link.reset = True
+                        link.scope.cancel()
+                        return
+                    link.downstream_bytes += len(data)
                 rate = self.rate
                 if rate is None:
                     await sink.send_all(data)
@@ -275,6 +292,14 @@ class ChaosProxy:
             link.blackholed = True
         return len(links)
 
+    def reset_links_after(self, nbytes: int | None) -> None:
+        """From now on, RST every link (each counted as a RESET fault) once it has forwarded
+        ``nbytes`` from upstream to the client: ``0`` resets each connection at the first byte
+        of its answer, a larger value cuts a response body part-way. None turns it off."""
+        if nbytes is not None and nbytes < 0:
+            raise ValueError("nbytes must be >= 0")
+        self.reset_after = nbytes
+
     def set_delay(self, seconds: float) -> None:
         """Deliver every chunk ``seconds`` late from now on (0 turns it off)."""
         if seconds < 0:
@@ -292,9 +317,10 @@ class ChaosProxy:
         self.rate = bytes_per_second
 
     def clear(self) -> None:
-        """Turn delay and throttling off (black-holed links stay dead until cut)."""
+        """Turn delay, throttling and reset-after off (black-holed links stay dead until cut)."""
         self.delay = 0.0
         self.rate = None
+        self.reset_after = None
 
     async def apply(self, fault: ScheduledFault) -> None:
         """Inject one fault now; DELAY and THROTTLE are lifted after ``fault.duration`` (unless

@@ -162,6 +162,27 @@ async def test_throttle_limits_the_rate() -> None:
     assert bytes(echo.received[0]) == payload
 
 
+async def test_reset_after_bytes_cuts_an_answer_part_way() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (_, proxy, _):
+            proxy.reset_links_after(10)
+            client = await trio.open_tcp_stream(LOOPBACK, proxy.port)
+            await client.send_all(b"0123456789abcdefghij")
+            got = bytearray()
+            with pytest.raises(trio.BrokenResourceError):
+                while data := await client.receive_some(100):
+                    got += data
+            await client.aclose()
+            proxy.clear()
+            fresh = await trio.open_tcp_stream(LOOPBACK, proxy.port)
+            await fresh.send_all(b"whole answer, no cut")
+            assert await receive_exactly(fresh, 20) == b"whole answer, no cut"
+            await fresh.aclose()
+    assert bytes(got) == b"0123456789"[: len(got)]
+    assert len(got) <= 10
+    assert proxy.faults[FaultKind.RESET] == 1
+
+
 async def test_upstream_restart_on_the_same_port() -> None:
     with trio.fail_after(10):
         async with proxied() as (echo, proxy, nursery):
