@@ -130,6 +130,7 @@ class DevServer:
         self._background: trio.Nursery | None = None
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
+        self._crash = False
 
     # --- clock ---------------------------------------------------------------------------------
 
@@ -183,6 +184,12 @@ class DevServer:
     def shutdown(self) -> None:
         self._shutdown.set()
 
+    async def abort(self) -> None:
+        """Stop like a crashed server: every connection is dropped without a Close frame and no
+        timeout task is started (a restarted server's startup sweep takes over)."""
+        self._crash = True
+        await self.aclose()
+
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until :meth:`shutdown`/:meth:`aclose`; reports the port to ``start``."""
         try:
@@ -214,10 +221,15 @@ class DevServer:
                     await self._shutdown.wait()
                     listening.cancel()
                     for channel in list(self._channels.values()):
-                        channel.end(Ending.shutdown())
+                        channel.end(self._final_ending())
                 background.cancel_scope.cancel()
         finally:
             self._stopped.set()
+
+    def _final_ending(self) -> Ending:
+        if self._crash:
+            return Ending(why="server crashed", watch_job=False, flush=False)
+        return Ending.shutdown()
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -269,7 +281,7 @@ class DevServer:
         )
         self._channels[channel.conn_id] = channel
         if self._shutdown.is_set():
-            channel.end(Ending.shutdown())
+            channel.end(self._final_ending())
         self._notify()
         try:
             ending = await channel.run()

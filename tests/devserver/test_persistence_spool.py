@@ -11,7 +11,17 @@ import trio.testing
 from runner_agent.devserver import DevServerSettings, JobStatus
 from runner_agent.devserver.server import DevServer
 
-from .conftest import RUNNER_A, RUNNER_B, claim, client, dev_server, job_config, recv, send
+from .conftest import (
+    RUNNER_A,
+    RUNNER_B,
+    claim,
+    client,
+    dev_server,
+    expect_dropped,
+    job_config,
+    recv,
+    send,
+)
 
 RESULTS = [{"exit_code": 0, "output": {"/out.json": "{}"}}]
 
@@ -59,7 +69,8 @@ async def test_restart_watches_unfinished_jobs(io_clock: trio.testing.MockClock,
                 await claim(ws)
                 await send(ws, {"event": "running"})
                 await recv(ws)
-                await first.aclose()
+                await first.abort()
+                await expect_dropped(ws)
         async with dev_server(persist_path=persist, wall_clock=fixed_wall_clock) as second:
             await second.wait_for_status(job, {JobStatus.FAILED})
 
