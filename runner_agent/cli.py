@@ -41,3 +41,7 @@ main.add_command(dev_server)
 from runner_agent.commands.run_cmd import run  # noqa: E402
 
 main.add_command(run)
+
+from runner_agent.commands.exec_cmd import exec_  # noqa: E402
+
+main.add_command(exec_)

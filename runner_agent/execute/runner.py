@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
@@ -21,6 +20,9 @@ from runner_agent.execute.results import (
     iteration_output,
     metric_output,
 )
+from runner_agent.oci.cache import ImageCache
+from runner_agent.oci.fetch import prepare_image
+from runner_agent.oci.source import ImageSource
 from runner_agent.protocol import ClaimedJob, IterationOutput
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,8 @@ async def run_plan(
 
 async def execute_job(
     job: ClaimedJob,
-    image_source: Any,
-    cache: Any,
+    image_source: ImageSource,
+    cache: ImageCache,
     options: ExecOptions,
     control: JobControl,
     *,
@@ -94,19 +96,22 @@ async def execute_job(
 ) -> JobOutcome:
     """Prepare the image, plan and run the job; image and plan errors become a ``failed`` outcome
     with the readable error. Preparing the image is cancellable through ``control`` too."""
-    from runner_agent.oci import prepare_image  # the OCI side; imported late on purpose
-
+    image = None
     try:
         with control.guard():
             image = await prepare_image(image_source, cache)
     except JobError as exc:
         return JobOutcome("failed", (), str(exc))
-    if control.cancel_requested:
-        if control.outcome == "failed":
-            return JobOutcome("failed", (), control.reason or "canceled")
-        return JobOutcome("canceled", (), None)
     try:
-        plan = build_plan(job, image, options)
-    except JobError as exc:
-        return JobOutcome("failed", (), str(exc))
-    return await run_plan(plan, control, on_iteration=on_iteration)
+        if image is None or control.cancel_requested:
+            if control.outcome == "failed":
+                return JobOutcome("failed", (), control.reason or "canceled")
+            return JobOutcome("canceled", (), None)
+        try:
+            plan = build_plan(job, image, options)
+        except JobError as exc:
+            return JobOutcome("failed", (), str(exc))
+        return await run_plan(plan, control, on_iteration=on_iteration)
+    finally:
+        if image is not None:
+            image.release()

@@ -1,0 +1,131 @@
+"""``runner-agent exec``: run one job locally, without a server, and print its results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import attrs
+import click
+import platformdirs
+import trio
+
+from runner_agent.errors import EXIT_FAILURE, EXIT_OK, SandboxUnavailableError
+from runner_agent.execute import ExecOptions, JobControl, JobOutcome, check_sandbox, execute_job
+from runner_agent.execute.local import (
+    LocalJobError,
+    Overrides,
+    apply_overrides,
+    parse_env,
+    resolve_source,
+)
+from runner_agent.execute.options import DEFAULT_MAX_MESSAGE_SIZE
+from runner_agent.logging_setup import configure_logging
+from runner_agent.oci.cache import ImageCache
+from runner_agent.protocol import encode
+
+
+def _default_cache() -> Path:
+    return Path(platformdirs.user_cache_dir("runner-agent")) / "images"
+
+
+def _preview(text: str | None, width: int = 40) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = line.replace("\0", "\\0")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def render_table(outcome: JobOutcome) -> str:
+    """The human summary: one row per iteration, then the status (and error)."""
+    rows = [("iter", "exit", "wall s", "user s", "sys s", "peak RSS KiB", "output")]
+    for i, m in enumerate(outcome.metrics):
+        result = outcome.results[i] if i < len(outcome.results) else None
+        shown = ""
+        if result is not None:
+            values = list((result.output or {}).values())
+            shown = _preview(values[0] if values else result.stdout)
+        exit_text = str(m.exit_code) if m.exit_code is not None else f"sig {m.signal}"
+        rows.append((
+            str(m.iteration + 1), exit_text, f"{m.wall_s:.3f}", f"{m.user_s:.3f}",
+            f"{m.sys_s:.3f}", str(m.max_rss_kb), shown,
+        ))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows]
+    lines.append(f"status: {outcome.status}")
+    if outcome.error:
+        lines.append(f"error: {outcome.error}")
+    return "\n".join(lines)
+
+
+EPILOG = """\b
+SOURCE is one of:
+  a job JSON file     the `job` message from a Bencher server, or just its `config` object
+  an image reference  host:port/repository@sha256:… (or :tag)
+  an OCI layout dir   a directory with oci-layout, index.json and blobs/
+
+\b
+Examples:
+  runner-agent exec job.json --json
+  runner-agent exec 127.0.0.1:5000/bench@sha256:4f1c… --iter 5 -- /bin/sh -c 'echo {}'
+  runner-agent exec ./layout --env RUST_LOG=info --network --timeout 60
+  runner-agent exec ./layout --danger-allow-no-sandbox     # no bwrap: run on the host
+
+Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors.
+"""
+
+
+@click.command("exec", epilog=EPILOG)
+@click.argument("source")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@click.option("--json", "as_json", is_flag=True, help="Print the terminal message's wire form.")
+@click.option("--iter", "iterations", type=click.IntRange(0, 2**32 - 1), help="Iterations (job's `iter`).")
+@click.option("--timeout", type=click.IntRange(1, 2**31 - 1), help="Whole-job timeout in seconds.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Extra environment (repeatable).")
+@click.option("--network", is_flag=True, help="Give the benchmark network access.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Image cache directory.")
+@click.option("--danger-allow-no-sandbox", "no_sandbox", is_flag=True,
+              help="Allow running the benchmark on the host without bubblewrap.")
+@click.option("--kill-grace", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL on cancel/timeout.")
+@click.option("--max-message-size", type=click.IntRange(1024), default=DEFAULT_MAX_MESSAGE_SIZE,
+              show_default=True, help="Byte limit of the terminal message.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress and per-iteration metrics.")
+def exec_(
+    source: str, cmd: tuple[str, ...], as_json: bool, iterations: int | None, timeout: int | None,
+    env: tuple[str, ...], network: bool, cache_dir: Path | None, no_sandbox: bool,
+    kill_grace: float, max_message_size: int, verbose: bool,
+) -> None:
+    """Run one benchmark job locally (no server) and print its results.
+
+    Anything after `--` replaces the job's cmd.
+    """
+    configure_logging("text", "info" if verbose else "warning")
+    try:
+        job, image_source = resolve_source(source, network=network, no_sandbox=no_sandbox)
+        over = Overrides(iterations=iterations, timeout=timeout, env=parse_env(env),
+                         network=network, cmd=cmd or None)
+        job = apply_overrides(job, over)
+    except LocalJobError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ExecOptions(
+        allow_no_sandbox=no_sandbox, kill_grace=kill_grace, max_message_size=max_message_size
+    )
+    try:
+        options = attrs.evolve(options, mode=check_sandbox(options))
+    except SandboxUnavailableError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    cache = ImageCache(cache_dir or _default_cache())
+
+    async def run() -> JobOutcome:
+        return await execute_job(job, image_source, cache, options, JobControl())
+
+    outcome = trio.run(run)
+    if as_json:
+        click.echo(encode(outcome.to_message(job.uuid, max_message_size)))
+    else:
+        click.echo(render_table(outcome))
+    sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILURE)
+
