@@ -506,6 +506,10 @@ class Agent:
 
     # -- signals -------------------------------------------------------------------------------------
 
+    def request_shutdown(self, level: int = 1) -> None:
+        """What the n-th SIGTERM does, for embedders and tests: 1 drain, 2 abort, 3 exit now."""
+        self._on_signal(level, "shutdown request")
+
     def _on_signal(self, level: int, name: str) -> None:
         self.signal_level = level
         if level == 1:

@@ -8,6 +8,7 @@ instead of a MockClock (a MockClock would expire job timeouts while a benchmark 
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import trio
 
 from runner_agent.agent import Agent
+from runner_agent.backoff import Backoff, BackoffPolicy
 from runner_agent.config import Config, load_config
 from runner_agent.devserver.server import DevServer
 from runner_agent.devserver.settings import DevServerSettings
@@ -69,7 +71,13 @@ def agent_config(server: DevServer, state_dir: Path, cache_dir: Path, **flags: o
     return load_config(base, {}, None, default_config_file=None)
 
 
+def fast_backoff(seed: int = 0) -> Backoff:
+    """Reconnect quickly in tests (the real policy's base is 1 s)."""
+    return Backoff(BackoffPolicy(base=0.05, cap=0.2, healthy_after=5.0), random.Random(seed))
+
+
 def make_agent(config: Config, *, work_dir: Path, **kwargs: Any) -> Agent:
+    kwargs.setdefault("backoff", fast_backoff())
     options = ExecOptions(kill_grace=config.kill_grace, max_message_size=config.max_message_size,
                           work_dir=work_dir)
     check_sandbox(options)
@@ -94,20 +102,25 @@ class AgentHarness:
     def config(self, **flags: object) -> Config:
         return agent_config(self.server, self.state_dir, self.cache_dir, **flags)
 
-    def agent(self, **flags: object) -> Agent:
-        return make_agent(self.config(**flags), work_dir=self.tmp / "work")
+    def agent(self, agent_kwargs: dict[str, Any] | None = None, **flags: object) -> Agent:
+        return make_agent(self.config(**flags), work_dir=self.tmp / "work", **(agent_kwargs or {}))
 
     @asynccontextmanager
-    async def running(self, agent: Agent) -> AsyncIterator[trio.Nursery]:
-        """Run ``agent`` in the background for the body; on exit wait for it to stop (or cancel)."""
+    async def running(self, agent: Agent) -> AsyncIterator[list[int]]:
+        """Run ``agent`` in the background for the body (yields the list its exit status lands
+        in); after the body the agent is given 10 s to finish on its own, then cancelled."""
         async with trio.open_nursery() as nursery:
             result: list[int] = []
+            stopped = trio.Event()
 
             async def run() -> None:
                 result.append(await agent.run())
+                stopped.set()
 
             nursery.start_soon(run)
-            yield nursery
+            yield result
+            with trio.move_on_after(10):
+                await stopped.wait()
             nursery.cancel_scope.cancel()
 
 

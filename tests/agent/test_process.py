@@ -72,7 +72,9 @@ async def test_sigkill_with_a_pending_result_then_next_start_delivers_it(
             job = h.submit(f"sleep 0.5; echo '{BMF}'")
             proc = await _start(h, log)
             try:
-                await h.server.wait_for_status(job, {JobStatus.RUNNING})
+                # Heartbeats are answered in order, so once two arrived the reply to `running`
+                # has gone out and the benchmark runs.
+                await h.server.wait_until(lambda: len(h.server.frames_received("heartbeat")) >= 2)
                 h.server.faults.pause_acks()  # the result will arrive but its ack never does
                 await h.server.wait_until(lambda: len(h.server.job(job).terminal_messages) >= 1)
                 proc.kill()
