@@ -1,5 +1,5 @@
-"""A small HTTP front for the real registry that injects faults: 5xx answers, truncated or
-stalled blob bodies, and replaced manifest bodies. Everything else is forwarded unchanged."""
+"""A small HTTP front for the real registry that injects faults: 5xx answers, truncated blob
+bodies, blob bodies stalled halfway until released, and replaced manifest bodies. Everything else is forwarded unchanged."""
 
 from __future__ import annotations
 
@@ -75,14 +75,19 @@ def run_fault_proxy(upstream: str) -> Iterator[FaultProxy]:
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if is_blob and len(body) > 1 and (faults.truncate_blobs or faults.stall_blobs):
+            if is_blob and len(body) > 1 and faults.truncate_blobs:
+                self.wfile.write(body[: len(body) // 2])
+                return  # the connection closes with the body incomplete
+            if is_blob and len(body) > 1 and faults.stall_blobs:
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
-                if faults.stall_blobs:
-                    faults.stalled.set()
-                    faults.release.wait(30)
-                return  # connection closes with the body incomplete
-            self.wfile.write(body)
+                faults.stalled.set()
+                faults.release.wait(30)
+                body = body[len(body) // 2 :]  # then finish the body (if the client is still there)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
