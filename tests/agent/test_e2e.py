@@ -247,3 +247,37 @@ async def test_results_bigger_than_the_server_limit_are_truncated_and_delivered(
     assert frames and all(len(f.text.encode()) <= limit for f in frames)
     stdout = record.results[0]["stdout"] if record.results else ""
     assert stdout.startswith("1\n2\n3\n") and stdout.rstrip().endswith("200000")
+
+
+async def test_second_shutdown_request_aborts_the_job_and_reports_failed(
+    tmp_path: Path, busybox_oci: tuple[Path, str]
+) -> None:
+    with trio.fail_after(30):
+        async with harness(tmp_path, busybox_oci) as h:
+            job = h.submit("sleep 432.1")
+            agent = h.agent()
+            async with h.running(agent) as result:
+                await benchmark_started(h, agent)
+                agent.request_shutdown(1)  # drain: would wait for the job...
+                agent.request_shutdown(2)  # ...abort it instead
+            record = h.server.job(job)
+    assert result == [0]
+    assert record.status is JobStatus.FAILED
+    assert record.error == "runner shutting down"
+    assert not _processes_with("432.1")
+
+
+async def test_drain_finishes_the_job_then_exits(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
+    with trio.fail_after(30):
+        async with harness(tmp_path, busybox_oci) as h:
+            job = h.submit(f"sleep 0.5; echo '{BMF}'")
+            other = h.submit(f"echo '{BMF}'")
+            agent = h.agent()
+            async with h.running(agent) as result:
+                await benchmark_started(h, agent)
+                agent.request_shutdown(1)
+            record = h.server.job(job)
+            untouched = h.server.job(other)
+    assert result == [0]
+    assert record.status is JobStatus.PROCESSED
+    assert untouched.status is JobStatus.PENDING

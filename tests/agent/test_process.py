@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ async def test_sigterm_mid_job_delivers_the_result_and_exits_0(
     log = tmp_path / "agent.log"
     with trio.fail_after(60):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit(f"sleep 1; echo '{BMF}'", iterations=2)
+            job = h.submit(f"sleep 1; env; echo '{BMF}'", iterations=2)
             proc = await _start(h, log)
             try:
                 await h.server.wait_for_status(job, {JobStatus.RUNNING})
@@ -60,6 +61,7 @@ async def test_sigterm_mid_job_delivers_the_result_and_exits_0(
     assert record.results is not None and len(record.results) == 2
     assert [r.event for r in record.terminal_messages] == ["completed"]
     assert h.server.key not in text  # the key never reaches the log
+    assert h.server.key not in json.dumps(record.results)  # nor the benchmark's environment
     assert "draining" in text
 
 
