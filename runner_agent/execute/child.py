@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
+from attrs import frozen
 
 from runner_agent.errors import JobError
 from runner_agent.execute import proctree
@@ -25,6 +28,61 @@ from runner_agent.execute import proctree
 log = logging.getLogger(__name__)
 
 GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+_EXITED = re.compile(r"Command exited with non-zero status (\d+)")
+_SIGNALED = re.compile(r"Command terminated by signal (\d+)")
+
+
+def rss_probe() -> str | None:
+    """A host ``busybox`` whose ``time`` applet reports the benchmark's own peak RSS, if any.
+
+    Why: a process forked from the agent inherits the agent's RSS high-water mark at ``exec``
+    (the kernel carries the old mm's peak into ``ru_maxrss``), so ``wait4`` on the direct child
+    would never report less than the agent's own size. ``busybox time`` forks the benchmark from
+    a small process and reports that child's peak.
+    """
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("busybox")
+
+
+PROBE_FORMAT = "%M %U %S"
+
+
+def probe_prefix(busybox: str, fd: int) -> list[str]:
+    """The argv prefix that runs a command under ``busybox time``, reporting into ``fd``."""
+    return [busybox, "time", "-f", PROBE_FORMAT, "-o", f"/proc/self/fd/{fd}"]
+
+
+@frozen
+class Usage:
+    """What ``busybox time`` said about the benchmark it ran (and its waited-for children)."""
+
+    max_rss_kb: int
+    user_s: float
+    sys_s: float
+    exit_code: int | None
+    signal: int | None
+
+
+def parse_probe(text: str) -> Usage | None:
+    """``busybox time -f "%M %U %S"`` output → `Usage`; ``None`` if it is incomplete."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    fields = lines[-1].split()
+    try:
+        rss, user, sys_ = int(fields[0]), float(fields[1]), float(fields[2])
+    except (IndexError, ValueError):
+        return None
+    exit_code: int | None = 0
+    sig: int | None = None
+    for line in lines[:-1]:
+        if m := _EXITED.search(line):
+            exit_code = int(m.group(1))
+        elif m := _SIGNALED.search(line):
+            exit_code, sig = None, int(m.group(1))
+    return Usage(rss, user, sys_, exit_code, sig)
 KILL_ROUNDS = 100
 _live_roots: set[int] = set()
 
@@ -34,32 +92,43 @@ class Child:
 
     def __init__(
         self,
-        argv: Sequence[str],
+        build_argv: Callable[[int | None], Sequence[str]],
         env: Mapping[str, str],
         cwd: Path,
         *,
         adopt_orphans: bool,
-        spare_root_on_term: bool,
+        spare_depth: int,
+        probe: bool,
     ) -> None:
+        """``build_argv(probe_fd)`` gives the command (``probe_fd`` is ``None`` without probe);
+        processes up to ``spare_depth`` levels below the root (0: the root) are wrappers that
+        get no SIGTERM (their death would end the benchmark without its grace period)."""
         self.adopt_orphans = adopt_orphans
-        self.spare_root_on_term = spare_root_on_term
+        self.spare_depth = spare_depth
         if adopt_orphans:
             proctree.enable_subreaper()
         gate_r, self._gate_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        self._probe_r = -1
+        pass_fds: tuple[int, ...] = ()
+        if probe:
+            self._probe_r, probe_w = os.pipe()
+            pass_fds = (probe_w,)
+        command = list(build_argv(pass_fds[0] if pass_fds else None))
         try:
             self._popen = subprocess.Popen(
-                ["/bin/sh", "-c", GATE, "runner-agent-gate", *argv],
+                ["/bin/sh", "-c", GATE, "runner-agent-gate", *command],
                 stdin=gate_r, stdout=out_w, stderr=err_w, env=dict(env), cwd=cwd,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, pass_fds=pass_fds,
             )
         except OSError as exc:
-            for fd in (self._gate_w, out_r, err_r):
-                os.close(fd)
+            for fd in (self._gate_w, out_r, err_r, self._probe_r):
+                if fd >= 0:
+                    os.close(fd)
             raise JobError(f"Failed to spawn process: {exc}") from exc
         finally:
-            for fd in (gate_r, out_w, err_w):
+            for fd in (gate_r, out_w, err_w, *pass_fds):
                 os.close(fd)
         self.pid = self._popen.pid
         _live_roots.add(self.pid)
@@ -73,6 +142,7 @@ class Child:
         self.killed = False
         self.status: int | None = None
         self.rusage: resource.struct_rusage | None = None
+        self.usage: Usage | None = None
         self.cgroup: Path | None = None
 
     def place(self, cpus: frozenset[int], cgroup: Path | None, memory: int | None) -> None:
@@ -116,15 +186,25 @@ class Child:
         self.status, self.rusage = status, usage
         self._popen.returncode = os.waitstatus_to_exitcode(status)
         _live_roots.discard(self.pid)
+        if self._probe_r >= 0:
+            os.set_blocking(self._probe_r, False)
+            try:
+                text = os.read(self._probe_r, 65536).decode(errors="replace")
+            except BlockingIOError:
+                text = ""
+            self.usage = parse_probe(text)
 
-    def members(self) -> set[int]:
-        """The live (non-zombie) processes of this benchmark's tree, root included."""
+    def members(self, *, spare_wrappers: bool = False) -> set[int]:
+        """The live (non-zombie) processes of this benchmark's tree, root included; with
+        ``spare_wrappers``, without the wrapper chain (see ``spare_depth``)."""
         procs = proctree.scan()
         pids = proctree.tree(
             self.pid, self.start_ticks, procs, adopted=self.adopt_orphans, known=_live_roots
         )
         if self.status is not None:
             pids.discard(self.pid)
+        if spare_wrappers:
+            pids -= proctree.chain(self.pid, procs, self.spare_depth)
         return {p for p in pids if procs[p].state not in ("Z", "X")}
 
     async def terminate(self, grace: float) -> None:
@@ -133,10 +213,10 @@ class Child:
         if self._gate_w >= 0:
             self._abort()
         self.killed = True
-        term = self.members()
-        if self.spare_root_on_term:
-            term.discard(self.pid)  # bwrap: the benchmark inside gets SIGTERM, not the sandbox
-        else:
+        # the benchmark gets SIGTERM; the wrappers (probe, bwrap) do not: their death would
+        # SIGKILL or orphan it before its grace period
+        term = self.members(spare_wrappers=True)
+        if self.spare_depth < 0:
             proctree.signal_group(self.pid, signal.SIGTERM)
         proctree.signal_all(term, signal.SIGTERM)
         with trio.move_on_after(grace):
@@ -174,6 +254,9 @@ class Child:
         if self._gate_w >= 0:
             self._abort()
         os.close(self._pidfd)
+        if self._probe_r >= 0:
+            os.close(self._probe_r)
+            self._probe_r = -1
 
 
 async def _reap_adopted(pids: set[int]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import trio
 from attrs import frozen
 
 from runner_agent.execute.capture import BoundedCapture, drain
-from runner_agent.execute.child import Child
+from runner_agent.execute.child import Child, probe_prefix, rss_probe
 from runner_agent.execute.overlay import OverlayError, scratch_root
 from runner_agent.execute.plan import JobPlan
 from runner_agent.execute.results import IterationMetrics, exit_code_of
@@ -108,29 +108,42 @@ class Iteration:
         self.index = index
         self.metrics: IterationMetrics | None = None
 
-    def _command(self, root: Path) -> tuple[list[str], dict[str, str], Path]:
+    def _command(self, root: Path, probe: str | None) -> tuple[Callable[[int | None], list[str]], dict[str, str], Path]:
         plan = self.plan
         if plan.mode == "sandbox":
-            argv = bwrap_argv(
-                plan.options.bwrap, root, plan.argv, plan.env, plan.workdir, network=plan.network
-            )
-            return argv, {}, Path("/")
+            def sandboxed(fd: int | None) -> list[str]:
+                return bwrap_argv(
+                    plan.options.bwrap, root, plan.argv, plan.env, plan.workdir,
+                    network=plan.network,
+                    probe=(probe, fd) if probe is not None and fd is not None else None,
+                )
+
+            return sandboxed, {}, Path("/")
         program = host_program(root, plan.argv[0])
         try:
             cwd = resolve_in_root(root, plan.workdir)
         except RootPathError:
             log.warning("working dir %s not in the image; using its root", plan.workdir)
             cwd = root
-        return [str(program), *plan.argv[1:]], dict(plan.env), cwd
+
+        def on_host(fd: int | None) -> list[str]:
+            prefix = probe_prefix(probe, fd) if probe is not None and fd is not None else []
+            return [*prefix, str(program), *plan.argv[1:]]
+
+        return on_host, dict(plan.env), cwd
 
     async def run(self) -> IterationResult:
         plan = self.plan
         with iteration_root(plan) as root:
-            argv, env, cwd = self._command(root)
+            probe = rss_probe()
+            build, env, cwd = self._command(root, probe)
+            sandboxed = plan.mode == "sandbox"
             child = Child(
-                argv, env, cwd,
-                adopt_orphans=plan.mode == "host",
-                spare_root_on_term=plan.mode == "sandbox",
+                build, env, cwd,
+                adopt_orphans=not sandboxed,
+                # sandbox: bwrap, its init (and the probe); host: the probe
+                spare_depth=(2 if probe else 1) if sandboxed else (0 if probe else -1),
+                probe=probe is not None,
             )
             try:
                 out = BoundedCapture("stdout", plan.options.stream_cap)
@@ -174,14 +187,23 @@ class Iteration:
     def _record(self, child: Child, out: BoundedCapture, err: BoundedCapture) -> None:
         status = child.status or 0
         usage = child.rusage
+        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        max_rss = usage.ru_maxrss if usage else 0
+        user_s = usage.ru_utime if usage else 0.0
+        sys_s = usage.ru_stime if usage else 0.0
+        if child.usage is not None:  # the probe saw the benchmark itself
+            probed = child.usage
+            exit_code, sig, max_rss = probed.exit_code, probed.signal, probed.max_rss_kb
+            user_s, sys_s = probed.user_s, probed.sys_s
         self.metrics = IterationMetrics(
             iteration=self.index,
             wall_s=max(0.0, child.exited - child.started),
-            user_s=usage.ru_utime if usage else 0.0,
-            sys_s=usage.ru_stime if usage else 0.0,
-            max_rss_kb=usage.ru_maxrss if usage else 0,
-            exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            user_s=user_s,
+            sys_s=sys_s,
+            max_rss_kb=max_rss,
+            exit_code=exit_code,
+            signal=sig,
             stdout_bytes=out.total,
             stderr_bytes=err.total,
             dropped_bytes=out.dropped + err.dropped,

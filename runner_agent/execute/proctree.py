@@ -90,6 +90,18 @@ def tree(
     return members
 
 
+def chain(root: int, procs: dict[int, ProcInfo], depth: int) -> set[int]:
+    """``root`` and its descendants down to ``depth`` levels below it (empty when ``depth`` < 0)."""
+    if depth < 0:
+        return set()
+    level = {root}
+    found = set(level)
+    for _ in range(depth):
+        level = {p.pid for p in procs.values() if p.ppid in level}
+        found |= level
+    return found
+
+
 def signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
     """Send ``sig`` to each pid, ignoring the ones already gone."""
     for pid in pids:

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner_agent.errors import SandboxUnavailableError
+from runner_agent.execute.child import probe_prefix
 from runner_agent.execute.options import ExecOptions, SandboxMode
 from runner_agent.execute.overlay import overlay_available
 
+PROBE_PATH = "/.runner-agent/busybox"
 FIX_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and run the agent as root "
     "(it mounts a per-iteration overlay), or accept running benchmarks unsandboxed with "
@@ -32,9 +34,18 @@ def bwrap_argv(
     workdir: str,
     *,
     network: bool,
+    probe: tuple[str, int] | None = None,
 ) -> list[str]:
-    """The bwrap invocation running ``argv`` with ``root`` (writable, private) as ``/``."""
+    """The bwrap invocation running ``argv`` with ``root`` (writable, private) as ``/``.
+
+    ``probe`` (host busybox, fd): the benchmark runs under ``busybox time`` inside the sandbox
+    (bound read-only at `PROBE_PATH`), which reports its peak RSS and CPU times into ``fd`` —
+    bwrap's own init does not pass its children's resource usage on.
+    """
     cmd = [bwrap, "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev"]
+    if probe is not None:
+        cmd += ["--ro-bind", probe[0], PROBE_PATH]
+        argv = [*probe_prefix(PROBE_PATH, probe[1]), *argv]
     cmd += ["--perms", "1777", "--dir", "/tmp"]
     cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     cmd += ["--share-net"] if network else ["--unshare-net"]

@@ -114,3 +114,12 @@ def test_cut_middle() -> None:
     assert cut_middle("abcdef", 10) == "abcdef"
     cut = cut_middle("a" * 50 + "b" * 50, 20)
     assert cut.startswith("a" * 10) and cut.endswith("b" * 10) and "80 characters" in cut
+
+
+def test_probe_output_parsing() -> None:
+    from runner_agent.execute.child import Usage, parse_probe
+
+    assert parse_probe("6336 0.73 0.01\n") == Usage(6336, 0.73, 0.01, 0, None)
+    assert parse_probe("Command exited with non-zero status 3\n10 0.00 0.00\n") == Usage(10, 0.0, 0.0, 3, None)
+    assert parse_probe("Command terminated by signal 9\n10 0.00 0.00\n") == Usage(10, 0.0, 0.0, None, 9)
+    assert parse_probe("") is None and parse_probe("garbage\n") is None

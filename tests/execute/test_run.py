@@ -243,3 +243,44 @@ async def test_huge_output_is_bounded(busybox_rootfs: Path, tmp_path: Path) -> N
     assert len(encode(msg).encode()) <= plan.options.max_message_size
     small = outcome.to_message(plan.job, 100_000)
     assert len(encode(small).encode()) <= 100_000
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sigterm_first_and_the_benchmark_may_exit_cleanly(
+    busybox_rootfs: Path, tmp_path: Path, mode: SandboxMode
+) -> None:
+    listener, port = await _ready_listener()
+    script = f'trap "exit 7" TERM; echo up | nc 127.0.0.1 {port}; while true; do sleep 1; done'
+    plan = plan_for(busybox_rootfs, tmp_path, mode, script, opts={"kill_grace": 20}, network=True)
+    control = JobControl()
+    outcome = None
+
+    async def run() -> None:
+        nonlocal outcome
+        outcome = await run_plan(plan, control)
+
+    with trio.fail_after(15):  # well under the 20 s grace: SIGTERM alone ended it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            conn = await listener.accept()
+            await conn.receive_some()
+            control.request_cancel("cancel")
+    await listener.aclose()
+    assert outcome is not None and outcome.status == "canceled"
+    m = outcome.metrics[0]
+    assert m.killed and m.exit_code == 7 and m.signal is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_metrics_are_the_benchmarks_own(
+    busybox_rootfs: Path, tmp_path: Path, mode: SandboxMode
+) -> None:
+    script = "head -c 40000000 /dev/zero | tail -c 40000000 | head -c 1 >/dev/null; i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"
+    small = plan_for(busybox_rootfs, tmp_path, mode, "true")
+    big = plan_for(busybox_rootfs, tmp_path, mode, script)
+    with trio.fail_after(60):
+        tiny = (await run_plan(small, JobControl())).metrics[0]
+        large = (await run_plan(big, JobControl())).metrics[0]
+    assert tiny.max_rss_kb < 20_000  # not the agent's own size
+    assert large.max_rss_kb > 39_000
+    assert large.user_s + large.sys_s > 0.05 and large.wall_s >= large.user_s * 0.5
