@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from runner_agent.protocol import JobConfig
-from tests.support.images import RegistryImage, push_busybox_sync
+from tests.support.images import RegistryImage, busybox_layout, push_busybox_sync
 from tests.support.registry import RegistryServer
 
 PROJECT = UUID("7a1d3c5e-0b2f-4c6d-8e9f-a0b1c2d3e4f5")
@@ -61,14 +61,22 @@ def small_tmpfs(path: Path, size_kib: int) -> Iterator[Path]:
 def fill_up(directory: Path) -> Path:
     """Write a filler file until the filesystem holding ``directory`` has no space left."""
     filler = directory / "filler"
-    with filler.open("wb") as handle:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         block = b"\0" * 4096
-        try:
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                break
+        for size in (512, 1):  # the last partial page too
             while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
+                try:
+                    os.write(fd, block[:size])
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -91,3 +99,10 @@ def assert_cache_consistent(cache_dir: Path) -> list[str]:
 
 def new_marker() -> str:
     return uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def busybox_oci(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A busybox OCI image layout (``file://`` registry for jobs) and its manifest digest."""
+    dest = tmp_path_factory.mktemp("faults-layout") / "layout"
+    return dest, busybox_layout(dest)
