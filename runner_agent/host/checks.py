@@ -13,7 +13,7 @@ from attrs import frozen
 
 from runner_agent.host.cgroups import REQUIRED_CONTROLLERS, probe_cgroup_v2
 from runner_agent.host.cpulist import format_cpulist
-from runner_agent.host.knobs import Knob
+from runner_agent.host.knobs import IRQ_STEERING_WHY, Knob, kernel_work_settings
 from runner_agent.host.layout import CpuLayout
 from runner_agent.host.report import Finding, Status
 
@@ -314,3 +314,36 @@ def check_cstates(roots: HostRoots) -> Finding:
             "intel_idle.max_cstate=1 processor.max_cstate=1",
         )
     return Finding("cstates", Status.OK, checked, "no deep idle state enabled", why)
+
+
+def check_irq_affinity(roots: HostRoots, layout: CpuLayout) -> Finding:
+    """Device IRQs and unbound workqueues should stay off the benchmark cores."""
+    checked = "IRQ and workqueue affinity (/proc/irq, /sys/devices/virtual/workqueue/cpumask)"
+    if not layout.has_isolation:
+        return Finding("irq_affinity", Status.NA, checked, "no separate benchmark cores", IRQ_STEERING_WHY)
+    settings = kernel_work_settings(roots.sys, roots.proc, layout.housekeeping)
+    if not settings:
+        return Finding("irq_affinity", Status.NA, checked, "not exposed here", IRQ_STEERING_WHY)
+    loose: list[str] = []
+    for setting in settings:
+        try:
+            value = setting.read()
+        except OSError:
+            continue
+        if not setting.ok(value):
+            label = setting.path.parent.name if setting.path.name == "smp_affinity_list" else setting.path.name
+            loose.append(f"{label}={value}")
+    bench = format_cpulist(layout.benchmark)
+    if loose:
+        shown = ", ".join(loose[:8]) + (f" (+{len(loose) - 8} more)" if len(loose) > 8 else "")
+        return Finding(
+            "irq_affinity",
+            Status.WARN,
+            checked,
+            f"{len(loose)} of {len(settings)} not limited to housekeeping CPUs "
+            f"{format_cpulist(layout.housekeeping)}: {shown}",
+            IRQ_STEERING_WHY,
+            f"runner-agent run --tune (steers them), or write {format_cpulist(layout.housekeeping)} to "
+            f"/proc/irq/*/smp_affinity_list and stop irqbalance; benchmark CPUs are {bench}",
+        )
+    return Finding("irq_affinity", Status.OK, checked, f"all {len(settings)} on housekeeping CPUs", IRQ_STEERING_WHY)

@@ -71,3 +71,33 @@ def format_cpulist(cpus: Iterable[int]) -> str:
         parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def parse_cpumask(text: str) -> frozenset[int]:
+    """Parse a kernel hex CPU mask (``ff``, ``0003``, ``00000000,00000003``: 32-bit words, most
+    significant first)."""
+    words = text.strip().split(",")
+    bits = 0
+    for word in words:
+        try:
+            value = int(word, 16)
+        except ValueError:
+            raise CpuListError(f"CPU mask {text.strip()!r}: {word!r} is not hexadecimal") from None
+        if len(word) > 8:
+            raise CpuListError(f"CPU mask {text.strip()!r}: word {word!r} is wider than 32 bits")
+        bits = (bits << 32) | value
+    return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
+
+
+def format_cpumask(cpus: Iterable[int]) -> str:
+    """The kernel hex mask of a CPU set, in comma-separated 32-bit words (``{0,1}`` → ``"3"``)."""
+    bits = 0
+    for cpu in cpus:
+        bits |= 1 << cpu
+    digits = f"{bits:x}"
+    words: list[str] = []
+    while len(digits) > 8:
+        words.insert(0, digits[-8:])
+        digits = digits[:-8]
+    words.insert(0, digits)
+    return ",".join(words)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from attrs import frozen
 
+from runner_agent.host.cpulist import format_cpulist, format_cpumask, parse_cpulist, parse_cpumask
+
 _CPU_DIR = re.compile(r"cpu\d+")
 
 
@@ -207,3 +209,41 @@ def knob(name: str) -> Knob:
         if k.name == name:
             return k
     raise KeyError(f"unknown tuning knob {name!r} (known: {', '.join(KNOB_NAMES)})")
+
+
+IRQ_STEERING = "irq_steering"
+IRQ_STEERING_WHY = (
+    "device interrupts and unbound kernel workqueue workers landing on benchmark cores steal "
+    "cycles mid-measurement"
+)
+
+
+def _same_cpus(cpus: frozenset[int], parse: Callable[[str], frozenset[int]]) -> Callable[[str], bool]:
+    def ok(value: str) -> bool:
+        try:
+            return parse(value) == cpus
+        except ValueError:
+            return False
+
+    return ok
+
+
+def kernel_work_settings(sys_root: Path, proc_root: Path, housekeeping: frozenset[int]) -> list[Setting]:
+    """Files that steer IRQs (default and each movable IRQ) and unbound workqueues to
+    ``housekeeping``: ``/proc/irq/default_smp_affinity``, ``/sys/devices/virtual/workqueue/cpumask``
+    (hex masks) and ``/proc/irq/<n>/smp_affinity_list`` (CPU lists)."""
+    mask, cpulist = format_cpumask(housekeeping), format_cpulist(housekeeping)
+    settings: list[Setting] = []
+    for path in (proc_root / "irq/default_smp_affinity", sys_root / "devices/virtual/workqueue/cpumask"):
+        if path.exists():
+            settings.append(Setting(path, mask, _same_cpus(housekeeping, parse_cpumask)))
+    irq_dir = proc_root / "irq"
+    try:
+        irqs = sorted((p for p in irq_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    except OSError:
+        irqs = []
+    for irq in irqs:
+        path = irq / "smp_affinity_list"
+        if path.is_file():
+            settings.append(Setting(path, cpulist, _same_cpus(housekeeping, parse_cpulist)))
+    return settings

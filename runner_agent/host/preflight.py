@@ -56,6 +56,7 @@ def run_preflight(
     if layout is not None:
         findings.append(checks.check_layout(layout))
         findings.append(checks.check_isolation(layout))
+        findings.append(checks.check_irq_affinity(roots, layout))
     findings.append(checks.check_cgroup_v2(roots, cgroup_root))
     findings.append(checks.check_virtualisation(roots, steal_sample_seconds, sleep))
     if check_bwrap:

@@ -88,6 +88,9 @@ def host_session(
             sys_root, proc_root, benchmark_cpus=benchmark_cpus, housekeeping_cpus=housekeeping_cpus
         )
         log.info("%s", layout.describe())
+        if tuner is not None:
+            steered = tuner.apply_cpu_scoped(layout)
+            log.info("tuning: steered %d IRQ/workqueue setting(s) to housekeeping CPUs", len(steered))
         if pin:
             pinned = pin_agent(layout, proc_root=proc_root)
             log.info("agent pinned to CPUs %s", format_cpulist(pinned))

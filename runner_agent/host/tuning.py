@@ -22,7 +22,8 @@ from typing import Any
 
 from attrs import frozen
 
-from runner_agent.host.knobs import KNOB_NAMES, KNOBS, Setting
+from runner_agent.host.knobs import IRQ_STEERING, KNOB_NAMES, KNOBS, Setting, kernel_work_settings
+from runner_agent.host.layout import CpuLayout
 from runner_agent.host.lock import DEFAULT_LOCK_PATH, HostLock
 from runner_agent.host.statefile import remove_durably, write_json_atomic
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "tuning-record.json"
 RECORD_VERSION = 1
 CSTATES = "cstates"
-TUNABLE_NAMES = (*KNOB_NAMES, CSTATES)
+TUNABLE_NAMES = (*KNOB_NAMES, CSTATES, IRQ_STEERING)
 
 
 class TuningError(RuntimeError):
@@ -281,6 +282,27 @@ class Tuner:
             self.restore()
             raise
         return list(self._changes)
+
+    def apply_cpu_scoped(self, layout: CpuLayout) -> list[TuningChange]:
+        """Steer IRQs and unbound workqueues to ``layout``'s housekeeping cores (after ``apply``,
+        and after the layout was detected, since turning SMT off changes the online CPUs).
+
+        Unmovable IRQs (the kernel refuses with EIO) are noted and left alone.
+        """
+        if not self._lock.held:
+            raise TuningError("apply() must succeed before apply_cpu_scoped()")
+        before = len(self._changes)
+        if IRQ_STEERING in self.skip:
+            self.notes.append(TuningNote(IRQ_STEERING, "skipped", "--tune-skip"))
+        elif not layout.has_isolation:
+            self.notes.append(TuningNote(IRQ_STEERING, "skipped", "no separate housekeeping cores"))
+        else:
+            settings = kernel_work_settings(self.sys_root, self.proc_root, layout.housekeeping)
+            if not settings:
+                self.notes.append(TuningNote(IRQ_STEERING, "absent", "no /proc/irq or workqueue cpumask"))
+            for setting in settings:
+                self._apply_setting(IRQ_STEERING, setting)
+        return self._changes[before:]
 
     def restore(self) -> list[RestoreResult]:
         """Put every original value back, release the C-state hold and the lock."""

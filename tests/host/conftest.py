@@ -62,6 +62,10 @@ QUIET_FILES = {
     "proc/cpuinfo": "processor\t: 0\nflags\t\t: fpu vme sse2 avx2\n",
     "proc/stat": "cpu  100 0 50 1000 5 0 1 0 0 0\ncpu0 25 0 12 250 1 0 0 0 0 0\n",
     "proc/self/cgroup": "0::/runner.service\n",
+    "proc/irq/default_smp_affinity": "1\n",
+    "proc/irq/10/smp_affinity_list": "0\n",
+    "proc/irq/11/smp_affinity_list": "0\n",
+    "sys/devices/virtual/workqueue/cpumask": "00000000,00000001\n",
     "proc/1/comm": "init\n",
     "proc/77/comm": "sshd\n",
 }

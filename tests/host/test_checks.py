@@ -252,3 +252,14 @@ def test_bwrap_timeout_is_a_failure(tmp_path: Path) -> None:
 
     found = checks.check_bwrap(str(tmp_path), runner=timing_out)
     assert found.status is Status.FAIL and "could not run" in found.found
+
+
+def test_irq_affinity(quiet_host: FakeHost) -> None:
+    layout = choose_layout(frozenset({0, 1, 2, 3}), parse_kernel_cmdline("isolcpus=1-3"))
+    assert checks.check_irq_affinity(roots(quiet_host), layout).status is Status.OK
+    quiet_host.write("proc/irq/11/smp_affinity_list", "0-3\n")
+    quiet_host.write("sys/devices/virtual/workqueue/cpumask", "f\n")
+    found = checks.check_irq_affinity(roots(quiet_host), layout)
+    assert found.status is Status.WARN
+    assert found.found.startswith("2 of 4 not limited to housekeeping CPUs 0: cpumask=f, 11=0-3")
+    assert checks.check_irq_affinity(roots(quiet_host), choose_layout(frozenset({0}))).status is Status.NA

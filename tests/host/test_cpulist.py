@@ -57,3 +57,24 @@ def test_format() -> None:
 @given(st.frozensets(st.integers(min_value=0, max_value=300)))
 def test_roundtrip(cpus: frozenset[int]) -> None:
     assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+def test_cpumask() -> None:
+    from runner_agent.host.cpulist import format_cpumask, parse_cpumask
+
+    assert parse_cpumask("ff\n") == frozenset(range(8))
+    assert parse_cpumask("00000000,00000003") == {0, 1}
+    assert parse_cpumask("1,00000000") == {32}
+    assert format_cpumask({0, 1}) == "3"
+    assert format_cpumask({32, 0}) == "1,00000001"
+    with pytest.raises(CpuListError, match="not hexadecimal"):
+        parse_cpumask("zz")
+    with pytest.raises(CpuListError, match="wider than 32 bits"):
+        parse_cpumask("123456789")
+
+
+@given(st.frozensets(st.integers(min_value=0, max_value=300)))
+def test_cpumask_roundtrip(cpus: frozenset[int]) -> None:
+    from runner_agent.host.cpulist import format_cpumask, parse_cpumask
+
+    assert parse_cpumask(format_cpumask(cpus)) == cpus

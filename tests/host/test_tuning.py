@@ -249,3 +249,44 @@ def test_cstates_hold(noisy: FakeHost, tmp_path: Path) -> None:
     assert (dev / "cpu_dma_latency").read_bytes() == b"\x00\x00\x00\x00"
     t.restore()
     assert "cstates" not in t.state()
+
+
+def test_irq_steering_apply_and_restore(quiet_host: FakeHost, tmp_path: Path) -> None:
+    from runner_agent.host.layout import choose_layout
+
+    quiet_host.write("proc/irq/default_smp_affinity", "f\n")
+    quiet_host.write("sys/devices/virtual/workqueue/cpumask", "000f\n")  # padded, differs
+    quiet_host.write("proc/irq/10/smp_affinity_list", "0-3\n")
+    quiet_host.write("proc/irq/11/smp_affinity_list", "0-1\n")  # already steered: left unwritten
+    (quiet_host.proc / "irq/12/smp_affinity_list").mkdir(parents=True)  # not a file: ignored
+    layout = choose_layout(frozenset({0, 1, 2, 3}), housekeeping_cpus="0-1")
+    t = tuner(quiet_host, tmp_path, skip=["cstates"])
+    with pytest.raises(TuningError, match="apply\\(\\) must succeed"):
+        t.apply_cpu_scoped(layout)
+    t.apply()
+    steered = t.apply_cpu_scoped(layout)
+    assert {Path(c.path).name for c in steered} == {"default_smp_affinity", "cpumask", "smp_affinity_list"}
+    assert quiet_host.read("proc/irq/default_smp_affinity") == "3"
+    assert quiet_host.read("sys/devices/virtual/workqueue/cpumask") == "3"
+    assert quiet_host.read("proc/irq/10/smp_affinity_list") == "0-1"
+    assert quiet_host.read("proc/irq/11/smp_affinity_list") == "0-1\n"
+    assert len(steered) == 3
+    t.restore()
+    assert quiet_host.read("proc/irq/default_smp_affinity") == "f"
+    assert quiet_host.read("sys/devices/virtual/workqueue/cpumask") == "000f"
+    assert quiet_host.read("proc/irq/10/smp_affinity_list") == "0-3"
+
+
+def test_irq_steering_leaves_equal_padded_masks(quiet_host: FakeHost, tmp_path: Path) -> None:
+    from runner_agent.host.layout import choose_layout
+
+    quiet_host.write("sys/devices/virtual/workqueue/cpumask", "00000000,00000003\n")
+    quiet_host.write("proc/irq/10/smp_affinity_list", "0-1\n")
+    layout = choose_layout(frozenset({0, 1, 2, 3}), housekeeping_cpus="0-1")
+    t = tuner(quiet_host, tmp_path, skip=["cstates"])
+    t.apply()
+    steered = t.apply_cpu_scoped(layout)
+    assert str(quiet_host.sys / "devices/virtual/workqueue/cpumask") not in {c.path for c in steered}
+    assert quiet_host.read("sys/devices/virtual/workqueue/cpumask") == "00000000,00000003\n"
+    assert quiet_host.read("proc/irq/10/smp_affinity_list") == "0-1\n"
+    t.restore()
