@@ -93,7 +93,9 @@ class _Connection:
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
-        self.send, self.receive = trio.open_memory_channel[ch.Send | ch.SendPing](math.inf)
+        self.send, self.receive = trio.open_memory_channel[ch.Send | ch.SendPing | ch.PrepareJob](
+            math.inf
+        )
         self.scope = trio.CancelScope()
         self.closed_by_us: str | None = None
         self.code: int | None = None
@@ -228,7 +230,12 @@ class Agent:
                     conn.closed_by_us = reason
                     conn.scope.cancel()
             case ch.PrepareJob(job=job):
-                self._jobs_send.send_nowait(job)
+                # Handed to the job executor by the writer right after the `running` queued
+                # before it has gone out, so image preparation never delays that frame.
+                if self._conn is not None:
+                    self._conn.send.send_nowait(effect)
+                else:
+                    self._jobs_send.send_nowait(job)
             case ch.StartBenchmark(job=uuid):
                 if self._go is not None and self._current_job is not None \
                         and self._current_job.uuid == uuid:
@@ -339,6 +346,16 @@ class Agent:
                 await close_channel(ws, self.endpoint.close_timeout, 1000, None)
         finally:
             self._conn = None
+            # Jobs whose hand-off was queued behind an unsent frame still run (they outlive
+            # the connection); the frames themselves die with it.
+            conn.send.close()
+            while True:
+                try:
+                    item = conn.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if isinstance(item, ch.PrepareJob):
+                    self._jobs_send.send_nowait(item.job)
             now = trio.current_time()
             if conn.closed_by_us is not None:
                 self._feed(ch.ConnectionClosed(now, None, "", f"closed by the agent: {conn.closed_by_us}"))
@@ -385,7 +402,9 @@ class Agent:
     async def _writer(self, conn: _Connection, nursery: trio.Nursery) -> None:
         async for item in conn.receive:
             try:
-                if isinstance(item, ch.SendPing):
+                if isinstance(item, ch.PrepareJob):
+                    self._jobs_send.send_nowait(item.job)
+                elif isinstance(item, ch.SendPing):
                     nursery.start_soon(self._ping, conn)
                 else:
                     await conn.ws.send_message(encode(item.message))
