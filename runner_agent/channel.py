@@ -546,9 +546,9 @@ class Channel:
             return
         match msg:
             case Ack():
-                self._on_ack(now, msg)
+                self._on_ack(msg)
             case Cancel():
-                self._on_cancel(now)
+                self._on_cancel()
             case ClaimedJob():
                 self._on_job(now, msg)
             case NoJob():
@@ -567,7 +567,7 @@ class Channel:
             case _:
                 self._log(LogLevel.WARNING, f"unhandled server message {msg!r}; ignored")
 
-    def _on_ack(self, now: float, ack: Ack) -> None:
+    def _on_ack(self, ack: Ack) -> None:
         if not self.fifo:
             self._log(LogLevel.WARNING, f"unexpected ack (nothing awaits a reply): {ack!r}")
             return
@@ -599,7 +599,7 @@ class Channel:
                 kind = type(delivered.message).__name__.lower() if delivered else "result"
                 self._log(LogLevel.INFO, f"job {head.job}: {kind} delivered and acknowledged")
 
-    def _on_cancel(self, now: float) -> None:
+    def _on_cancel(self) -> None:
         if not self.fifo or self.fifo[0].kind is ReplyTo.TERMINAL:
             self._log(LogLevel.WARNING, "unexpected cancel (no running/heartbeat awaits a reply); ignored")
             return
@@ -774,9 +774,9 @@ class Channel:
     def _pump(self, now: float) -> None:
         if self.exited or self.conn is not ConnState.OPEN or self.polling:
             return
-        if not any(a.kind is ReplyTo.TERMINAL for a in self.fifo):
+        if not self._result_in_flight():
             self._deliver_next(now)
-        if self.conn is not ConnState.OPEN or any(a.kind is ReplyTo.TERMINAL for a in self.fifo):
+        if self.conn is not ConnState.OPEN or self._result_in_flight():
             return
         job = self.job
         if job is not None:
@@ -826,6 +826,9 @@ class Channel:
             return
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _result_in_flight(self) -> bool:
+        return any(a.kind is ReplyTo.TERMINAL for a in self.fifo)
 
     def _queue(self, msg: TerminalMessage, attempts: int, *, persisted: bool = False) -> None:
         """Add a result to deliver; it is persisted before its first send or at the end of this step."""
