@@ -124,11 +124,11 @@ class Outbox:
         path = self.path_for(job)
         try:
             path.unlink()
+            self._fsync_dir(self.dir)
         except FileNotFoundError:
             return known
         except OSError as exc:
             raise OutboxError(f"cannot remove delivered message {path}: {exc}") from exc
-        self._fsync_dir(self.dir)
         return True
 
     def dead_letter(self, job: UUID, reason: str) -> Path:
