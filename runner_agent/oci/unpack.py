@@ -19,7 +19,9 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 import zstandard
@@ -33,6 +35,10 @@ from runner_agent.oci.errors import DigestMismatchError, UnsafeLayerError
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+_TAR_BUFFER = 64 * 1024  # tarfile copies its buffer per header read: keep it modest
+_SMALL_FILE = 1024 * 1024  # files up to this size are written by the writer pool
+_WRITERS = 4  # file creation is latency-bound on many filesystems: overlap it
+_MAX_PENDING = 64
 _MAX_SYMLINK_HOPS = 40
 _MAX_CACHED_DIRS = 512
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -110,13 +116,33 @@ class Unpacker:
         self.bytes = 0
         self.skipped: list[str] = []
         self._dirs: dict[str, int] = {}
+        self._walk_created = False
         self._stale: list[int] = []
         self._layer_paths: set[str] = set()
+        self._fresh_dirs: set[str] = set()  # created by this layer: nothing older inside
+        self._pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="unpack-writer")
+        self._pending: list[Future[None]] = []
+        self._pending_paths: set[str] = set()
+        self._slots = threading.BoundedSemaphore(_MAX_PENDING)
 
     def close(self) -> None:
+        self._flush(raise_errors=False)
         self._invalidate()
         self._close_stale()
+        self._pool.shutdown()
         os.close(self.root_fd)
+
+    def _flush(self, raise_errors: bool = True) -> None:
+        """Wait for every queued small-file write; re-raise the first failure."""
+        first: BaseException | None = None
+        for future in self._pending:
+            err = future.exception()
+            if err is not None and first is None:
+                first = err
+        self._pending.clear()
+        self._pending_paths.clear()
+        if first is not None and raise_errors:
+            raise first
 
     def stats(self) -> UnpackStats:
         return UnpackStats(self.entries, self.bytes, tuple(self.skipped))
@@ -129,6 +155,8 @@ class Unpacker:
         self._dirs.clear()
 
     def _close_stale(self) -> None:
+        if self._stale:
+            self._flush()  # queued writes may still use these directory fds
         for fd in self._stale:
             os.close(fd)
         self._stale.clear()
@@ -144,12 +172,15 @@ class Unpacker:
             if len(self._dirs) >= _MAX_CACHED_DIRS:
                 self._invalidate()
             self._dirs[key] = fd
+            if self._walk_created:
+                self._fresh_dirs.add(key)
         return fd
 
     def _walk(self, parts: list[str], create: bool, what: str) -> int | None:
         stack = [os.dup(self.root_fd)]
         todo = list(reversed(parts))
         hops = 0
+        self._walk_created = False
         try:
             while todo:
                 name = todo.pop()
@@ -168,6 +199,7 @@ class Unpacker:
                         return None
                     os.mkdir(name, 0o755, dir_fd=cur)
                     stack.append(os.open(name, _DIR_FLAGS, dir_fd=cur))
+                    self._walk_created = hops == 0
                     continue
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -196,7 +228,9 @@ class Unpacker:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        self._flush()
         self._invalidate()
+        self._fresh_dirs.clear()
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(name, dir_fd=pfd)
         else:
@@ -210,14 +244,16 @@ class Unpacker:
     ) -> None:
         """Apply one layer blob (compression detected from its magic bytes)."""
         self._layer_paths = set()
+        self._fresh_dirs = set()
         stream = _decompressor(blob)
         reader = _HashingReader(stream, diff_id.algorithm if diff_id else "sha256")
         try:
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|", bufsize=_TAR_BUFFER) as tar:  # type: ignore[call-overload]
                 for member in tar:
                     if token is not None:
                         token.check()
                     self._entry(tar, member, what, token)
+            self._flush()
             reader.drain()
         except (tarfile.TarError, EOFError, OSError, zstandard.ZstdError) as err:
             if isinstance(err, OSError) and err.errno not in (None, 0) and not isinstance(
@@ -226,6 +262,7 @@ class Unpacker:
                 raise ImageError(f"{what}: cannot unpack: {err}") from None
             raise ImageError(f"{what} is not a valid (compressed) tar archive: {err}") from None
         finally:
+            self._flush(raise_errors=False)
             self._invalidate()
             self._close_stale()
         if diff_id is not None and reader.hash.hexdigest() != diff_id.hex:
@@ -263,12 +300,15 @@ class Unpacker:
             self._whiteout(parent, name, what)
             return
         path = "/".join(parts)
+        if path in self._pending_paths:
+            self._flush()
         pfd = self._dir(parent, True, what)
         assert pfd is not None
+        fresh = "/".join(parent) in self._fresh_dirs and path not in self._layer_paths
         self._layer_paths.add(path)
         mode = member.mode & 0o7777
         if member.isreg():
-            self._file(tar, member, pfd, name, mode, what, token)
+            self._file(tar, member, pfd, name, mode, what, token, fresh)
         elif member.isdir():
             self._directory(member, parts, pfd, name, mode)
         elif member.issym():
@@ -300,7 +340,23 @@ class Unpacker:
         mode: int,
         what: str,
         token: CancelToken | None,
+        fresh: bool,
     ) -> None:
+        if member.size <= _SMALL_FILE:
+            src = tar.extractfile(member)
+            data = src.read(member.size) if src is not None else b""
+            if len(data) != member.size:
+                raise ImageError(f"{what}: archive ended inside {member.name!r}")
+            if not fresh:  # something from a lower layer may be there: replace it here
+                self._remove(pfd, name)
+            owner = (member.uid, member.gid) if self.as_root else None
+            self._slots.acquire()
+            future = self._pool.submit(
+                _write_file, pfd, name, data, mode, owner, int(member.mtime), self._slots
+            )
+            self._pending.append(future)
+            self._pending_paths.add("/".join(p for p in member.name.split("/") if p not in ("", ".")))
+            return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, 0o600, dir_fd=pfd)
@@ -337,6 +393,7 @@ class Unpacker:
         except FileNotFoundError:
             os.mkdir(name, 0o700, dir_fd=pfd)
             fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            self._fresh_dirs.add("/".join(parts))
         except OSError as err:
             if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
@@ -353,6 +410,7 @@ class Unpacker:
             self._dirs[key] = fd
 
     def _hardlink(self, member: tarfile.TarInfo, pfd: int, name: str, what: str) -> None:
+        self._flush()  # the target may still be queued for writing
         if member.linkname.startswith("/"):
             raise UnsafeLayerError(
                 f"{what}: hard link {member.name!r} -> {member.linkname!r} points outside the image"
@@ -402,3 +460,37 @@ def _listdir(fd: int) -> Iterator[str]:
     finally:
         os.close(dup)
     yield from names
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_file(
+    pfd: int,
+    name: str,
+    data: bytes,
+    mode: int,
+    owner: tuple[int, int] | None,
+    mtime: int,
+    slots: threading.BoundedSemaphore,
+) -> None:
+    """Create ``name`` in ``pfd`` (never following a symlink) with ``data``; a writer-pool job."""
+    try:
+        try:
+            fd = os.open(name, _CREATE, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            # Another queued entry reached the same file through a symlinked parent: replace it.
+            os.unlink(name, dir_fd=pfd)
+            fd = os.open(name, _CREATE, 0o600, dir_fd=pfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+    finally:
+        slots.release()
