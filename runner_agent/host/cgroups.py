@@ -92,7 +92,11 @@ def probe_cgroup_v2(cgroup_root: Path, proc_root: Path) -> CgroupSupport:
         return CgroupSupport(
             False, None, f"{proc_root}/self/cgroup has no cgroup v2 entry ('0::/path')"
         )
-    parent = cgroup_root / own.lstrip("/")
+    return probe_parent(cgroup_root / own.lstrip("/"))
+
+
+def probe_parent(parent: Path) -> CgroupSupport:
+    """Whether job cgroups can be made under ``parent`` (controllers present, writable)."""
     try:
         have = set(_read(parent / "cgroup.controllers").split())
     except CgroupError as error:
@@ -102,14 +106,14 @@ def probe_cgroup_v2(cgroup_root: Path, proc_root: Path) -> CgroupSupport:
         return CgroupSupport(
             False,
             None,
-            f"our cgroup {parent} lacks controller(s) {', '.join(missing)} "
+            f"cgroup {parent} lacks controller(s) {', '.join(missing)} "
             "(enable them in the parent's cgroup.subtree_control, or Delegate=yes in the unit)",
         )
     if not os.access(parent, os.W_OK) or not os.access(parent / "cgroup.subtree_control", os.W_OK):
         return CgroupSupport(
             False,
             None,
-            f"our cgroup {parent} is not delegated to us (not writable); run under a unit "
+            f"cgroup {parent} is not delegated to us (not writable); run under a unit "
             "with Delegate=yes or as root",
         )
     return CgroupSupport(True, parent)
@@ -174,7 +178,8 @@ class JobCgroupManager:
 
     ``setup()`` moves the agent's processes into an ``agent`` leaf (cgroup v2 allows controllers
     only for groups without processes of their own) and enables cpuset, memory and pids for the
-    children. When cgroup v2 is unusable, ``create`` returns ``None`` and the reason is logged once:
+    children. With ``parent`` (e.g. the tuner's cpuset partition) job groups go there instead and
+    the agent stays where it is. When cgroup v2 is unusable, ``create`` returns ``None`` and the reason is logged once:
     the caller falls back to CPU affinity and rlimits.
     """
 
@@ -184,8 +189,10 @@ class JobCgroupManager:
         proc_root: Path = Path("/proc"),
         *,
         pids_max: int = DEFAULT_PIDS_MAX,
+        parent: Path | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
+        self.parent = parent
         self.proc_root = proc_root
         self.pids_max = pids_max
         self._support: CgroupSupport | None = None
@@ -195,7 +202,10 @@ class JobCgroupManager:
     @property
     def support(self) -> CgroupSupport:
         if self._support is None:
-            self._support = probe_cgroup_v2(self.cgroup_root, self.proc_root)
+            if self.parent is not None:
+                self._support = probe_parent(self.parent)
+            else:
+                self._support = probe_cgroup_v2(self.cgroup_root, self.proc_root)
         return self._support
 
     @property
@@ -210,7 +220,7 @@ class JobCgroupManager:
             return support
         parent = support.parent
         try:
-            procs = _read(parent / "cgroup.procs").split()
+            procs = _read(parent / "cgroup.procs").split() if self.parent is None else []
             if procs and parent != self.cgroup_root:
                 leaf = parent / "agent"
                 leaf.mkdir(exist_ok=True)

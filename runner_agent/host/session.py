@@ -16,6 +16,7 @@ from runner_agent.host.cpulist import format_cpulist
 from runner_agent.host.layout import CpuLayout, detect_layout, pin_agent
 from runner_agent.host.lock import DEFAULT_LOCK_PATH, TuningLockedError
 from runner_agent.host.metrics import MetricsFile
+from runner_agent.host.partition import apply_cpuset_partition
 from runner_agent.host.placement import JobPlacer
 from runner_agent.host.preflight import run_preflight
 from runner_agent.host.report import Report, Status
@@ -94,7 +95,13 @@ def host_session(
         if pin:
             pinned = pin_agent(layout, proc_root=proc_root)
             log.info("agent pinned to CPUs %s", format_cpulist(pinned))
-        cgroups = JobCgroupManager(cgroup_root or sys_root / "fs/cgroup", proc_root)
+        cgroup_base = cgroup_root or sys_root / "fs/cgroup"
+        job_parent: Path | None = None
+        if tuner is not None:
+            partition = apply_cpuset_partition(tuner, layout, cgroup_base)
+            log.info("tuning: cpuset partition level %r at %s", partition.level, partition.path)
+            job_parent = partition.path
+        cgroups = JobCgroupManager(cgroup_base, proc_root, parent=job_parent)
         cgroups.setup()
         report = run_preflight(
             cache_dir=cache_dir, sys_root=sys_root, proc_root=proc_root, cgroup_root=cgroup_root,

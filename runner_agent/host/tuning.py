@@ -32,24 +32,36 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "tuning-record.json"
 RECORD_VERSION = 1
 CSTATES = "cstates"
-TUNABLE_NAMES = (*KNOB_NAMES, CSTATES, IRQ_STEERING)
+CPUSET_PARTITION = "cpuset_partition"
+TUNABLE_NAMES = (*KNOB_NAMES, CSTATES, IRQ_STEERING, CPUSET_PARTITION)
 
 
 class TuningError(RuntimeError):
     """Tuning cannot be applied or a record cannot be trusted; the message says why."""
 
 
+CHANGE_KINDS = ("write", "rmdir")
+
+
 @frozen
 class TuningChange:
-    """One file changed (``path`` ``original`` → ``applied``) for knob ``knob``."""
+    """One change for knob ``knob``: ``kind`` "write" set ``path`` from ``original`` to ``applied``
+    (undo: write ``original``); "rmdir" created the directory ``path`` (undo: remove it)."""
 
     knob: str
     path: str
     original: str
     applied: str
+    kind: str = "write"
 
     def to_json(self) -> dict[str, str]:
-        return {"knob": self.knob, "path": self.path, "original": self.original, "applied": self.applied}
+        return {
+            "knob": self.knob,
+            "path": self.path,
+            "original": self.original,
+            "applied": self.applied,
+            "kind": self.kind,
+        }
 
 
 @frozen
@@ -97,7 +109,10 @@ def _parse_record(path: Path, allowed_roots: tuple[Path, ...]) -> list[TuningCha
                 f"tuning record {path}: change #{i} names {item['path']}, outside "
                 f"{', '.join(map(str, allowed_roots))}; refusing to write it"
             )
-        changes.append(TuningChange(item["knob"], item["path"], item["original"], item["applied"]))
+        kind = item.get("kind", "write")
+        if kind not in CHANGE_KINDS:
+            raise TuningError(f"tuning record {path}: change #{i} has unknown kind {kind!r}")
+        changes.append(TuningChange(item["knob"], item["path"], item["original"], item["applied"], kind))
     return changes
 
 
@@ -106,11 +121,25 @@ def _write_value(path: Path, value: str) -> None:
         f.write(value)
 
 
+def _remove_dir(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+
+
+def _undo(change: TuningChange) -> None:
+    if change.kind == "rmdir":
+        _remove_dir(Path(change.path))
+    else:
+        _write_value(Path(change.path), change.original)
+
+
 def _restore_changes(changes: list[TuningChange]) -> list[RestoreResult]:
     results: list[RestoreResult] = []
     for change in reversed(changes):
         try:
-            _write_value(Path(change.path), change.original)
+            _undo(change)
         except OSError as error:
             results.append(RestoreResult(change, f"{error.strerror or error}"))
             log.error("tuning: could not restore %s to %r: %s", change.path, change.original, error)
@@ -208,6 +237,48 @@ class Tuner:
     def _save(self) -> None:
         write_json_atomic(_record_path(self.state_dir), _record_json(self._changes))
 
+    def record_write(self, knob: str, path: Path, original: str, applied: str) -> bool:
+        """Record ``original`` durably, then write ``applied`` to ``path``.
+
+        On a failed write the record entry is dropped again, a ``failed`` note says why, and the
+        result is False. Only while the lock is held (inside ``apply``/``apply_cpu_scoped``).
+        """
+        if not self._lock.held:
+            raise TuningError("tuning changes need the host lock: call apply() first")
+        change = TuningChange(knob, str(path), original, applied)
+        self._changes.append(change)
+        self._save()  # the original is durable before the host changes
+        try:
+            _write_value(path, applied)
+        except OSError as error:
+            self._changes.pop()
+            self._save()
+            self.notes.append(
+                TuningNote(knob, "failed", f"cannot write {applied!r} to {path}: {error.strerror or error}")
+            )
+            log.warning("tuning: %s: cannot write %s: %s", knob, path, error)
+            return False
+        log.info("tuning: %s: %s %r -> %r", knob, path, original, applied)
+        return True
+
+    def record_mkdir(self, knob: str, path: Path) -> bool:
+        """Record, then create, the directory ``path`` (restore removes it)."""
+        if not self._lock.held:
+            raise TuningError("tuning changes need the host lock: call apply() first")
+        self._changes.append(TuningChange(knob, str(path), "", "", "rmdir"))
+        self._save()
+        try:
+            path.mkdir()
+        except OSError as error:
+            self._changes.pop()
+            self._save()
+            self.notes.append(TuningNote(knob, "failed", f"cannot create {path}: {error.strerror or error}"))
+            return False
+        return True
+
+    def note(self, knob: str, outcome: str, detail: str) -> None:
+        self.notes.append(TuningNote(knob, outcome, detail))
+
     def _apply_setting(self, name: str, setting: Setting) -> None:
         try:
             current = setting.read()
@@ -217,20 +288,7 @@ class Tuner:
         if setting.ok(current):
             self.notes.append(TuningNote(name, "already", f"{setting.path} is {current}"))
             return
-        change = TuningChange(name, str(setting.path), current, setting.target)
-        self._changes.append(change)
-        self._save()  # the original is durable before the host changes
-        try:
-            _write_value(setting.path, setting.target)
-        except OSError as error:
-            self._changes.pop()
-            self._save()
-            self.notes.append(
-                TuningNote(name, "failed", f"cannot write {setting.target!r} to {setting.path}: {error.strerror or error}")
-            )
-            log.warning("tuning: %s: cannot write %s: %s", name, setting.path, error)
-            return
-        log.info("tuning: %s: %s %r -> %r", name, setting.path, current, setting.target)
+        self.record_write(name, setting.path, current, setting.target)
 
     def _hold_cstates(self) -> None:
         path = self.dev_root / "cpu_dma_latency"
