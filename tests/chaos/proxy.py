@@ -316,6 +316,14 @@ class ChaosProxy:
             self.faults[FaultKind.THROTTLE] += 1
         self.rate = bytes_per_second
 
+    def heal(self) -> None:
+        """End the chaos: lift every setting and close black-holed links (not counted as a
+        fault), so a test can finish on a clean network."""
+        self.clear()
+        for link in list(self._links):
+            if link.blackholed:
+                link.scope.cancel()
+
     def clear(self) -> None:
         """Turn delay, throttling and reset-after off (black-holed links stay dead until cut)."""
         self.delay = 0.0
