@@ -98,6 +98,7 @@ def check(
             benchmark_cpus=benchmark_cpus,
             housekeeping_cpus=housekeeping_cpus,
             steal_sample_seconds=steal_sample,
+            state_dir=state_dir,
         )
     except LayoutError as error:
         raise click.UsageError(str(error)) from error

@@ -16,6 +16,7 @@ from runner_agent.host.cpulist import format_cpulist
 from runner_agent.host.knobs import IRQ_STEERING_WHY, Knob, kernel_work_settings
 from runner_agent.host.layout import CpuLayout
 from runner_agent.host.report import Finding, Status
+from runner_agent.host.tuning import RECORD_NAME
 
 GiB = 1024**3
 DISK_FAIL_BYTES = 1 * GiB
@@ -347,3 +348,20 @@ def check_irq_affinity(roots: HostRoots, layout: CpuLayout) -> Finding:
             f"/proc/irq/*/smp_affinity_list and stop irqbalance; benchmark CPUs are {bench}",
         )
     return Finding("irq_affinity", Status.OK, checked, f"all {len(settings)} on housekeeping CPUs", IRQ_STEERING_WHY)
+
+
+def check_tuning_record(state_dir: Path) -> Finding:
+    """A tuning record left in the state dir means a crashed agent left host settings changed."""
+    path = state_dir / RECORD_NAME
+    checked = f"leftover tuning record ({path})"
+    why = "a crashed `run --tune` left kernel settings changed; they are restored on the next start"
+    if not path.exists():
+        return Finding("tuning_record", Status.OK, checked, "none", why)
+    return Finding(
+        "tuning_record",
+        Status.WARN,
+        checked,
+        "present: host settings are still tuned by a previous run",
+        why,
+        f"runner-agent check --restore --state-dir {state_dir}",
+    )

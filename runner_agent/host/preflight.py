@@ -27,11 +27,13 @@ def run_preflight(
     sleep: Callable[[float], None] = time.sleep,
     bwrap_path: str | None = None,
     check_bwrap: bool = True,
+    state_dir: Path | None = None,
 ) -> Report:
     """Check the host; never raises for a host problem (each becomes a ``Finding``).
 
     ``layout`` is detected (honouring the CPU flags) unless given. ``bwrap_path`` is the PATH used
-    to find ``bwrap`` (default: the process's PATH).
+    to find ``bwrap`` (default: the process's PATH). With ``state_dir``, a tuning record left by a
+    crashed run is reported.
     """
     roots = HostRoots(sys_root, proc_root)
     findings: list[Finding] = [checks.check_knob(roots, k) for k in KNOBS]
@@ -63,4 +65,6 @@ def run_preflight(
         findings.append(checks.check_bwrap(bwrap_path))
     findings.append(checks.check_disk(cache_dir))
     findings.append(checks.check_clocksource(roots))
+    if state_dir is not None:
+        findings.append(checks.check_tuning_record(state_dir))
     return Report(tuple(findings), layout.describe() if layout is not None else "")

@@ -263,3 +263,13 @@ def test_irq_affinity(quiet_host: FakeHost) -> None:
     assert found.status is Status.WARN
     assert found.found.startswith("2 of 4 not limited to housekeeping CPUs 0: cpumask=f, 11=0-3")
     assert checks.check_irq_affinity(roots(quiet_host), choose_layout(frozenset({0}))).status is Status.NA
+
+
+def test_tuning_record(tmp_path: Path) -> None:
+    from runner_agent.host.tuning import RECORD_NAME
+
+    assert checks.check_tuning_record(tmp_path).status is Status.OK
+    (tmp_path / RECORD_NAME).write_text("{}")
+    found = checks.check_tuning_record(tmp_path)
+    assert found.status is Status.WARN
+    assert found.fix == f"runner-agent check --restore --state-dir {tmp_path}"
