@@ -55,8 +55,10 @@ class Finding:
 
     def line(self) -> str:
         text = f"[{self.status.value:>4}] {self.name}: {self.found} ({self.checked})"
-        if self.status in (Status.WARN, Status.FAIL):
-            text += f"\n       why: {self.why}\n       fix: {self.fix}"
+        if self.why:
+            text += f"\n       why: {self.why}"
+        if self.fix:
+            text += f"\n       fix: {self.fix}"
         return text
 
 
