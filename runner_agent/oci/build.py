@@ -171,6 +171,7 @@ def build_layout(
     platform: Platform | None = None,
     as_index: bool = False,
     tag: str | None = None,
+    docker_media_types: bool = False,
 ) -> str:
     """Write an OCI image layout at ``dest`` and return the digest its ``index.json`` points to.
 
@@ -178,7 +179,9 @@ def build_layout(
     archive path to content, a directory to archive, or a raw tar. ``compression`` applies to all
     layers or gives one per layer. With ``as_index`` the top-level digest is an image index listing
     the manifest for ``platform`` (default: the host) plus a manifest for another architecture.
-    Several images may be written into one layout; ``index.json`` lists them all.
+    Several images may be written into one layout; ``index.json`` lists them all. With
+    ``docker_media_types`` the manifest, config, layers (gzip only) and index use the Docker v2
+    schema 2 media types (manifest list instead of OCI index).
     """
     plat = platform or host_platform()
     layers: list[LayerContent]
@@ -189,6 +192,11 @@ def build_layout(
     comps = [compression] * len(layers) if isinstance(compression, str) else list(compression)
     if len(comps) != len(layers):
         raise ValueError(f"{len(comps)} compressions given for {len(layers)} layers")
+    if docker_media_types and any(c != "gzip" for c in comps):
+        raise ValueError("Docker v2 media types only describe gzip layers")
+    manifest_type = mt.DOCKER_MANIFEST if docker_media_types else mt.OCI_MANIFEST
+    config_type = mt.DOCKER_CONFIG if docker_media_types else mt.OCI_CONFIG
+    index_type = mt.DOCKER_MANIFEST_LIST if docker_media_types else mt.OCI_INDEX
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     blobs = _Blobs(dest)
@@ -204,31 +212,32 @@ def build_layout(
             raw = _tar_from_mapping(layer)
         diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
         digest, size = blobs.put(_compress(raw, comp))
-        layer_descs.append(_descriptor(_LAYER_TYPES[comp], digest, size))
+        layer_type = mt.DOCKER_LAYER_GZIP if docker_media_types else _LAYER_TYPES[comp]
+        layer_descs.append(_descriptor(layer_type, digest, size))
 
     def manifest_for(p: Platform) -> tuple[str, int]:
         cfg = _config_json(config, diff_ids, p)
         cfg_digest, cfg_size = blobs.put(cfg)
         doc = {
             "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": _descriptor(mt.OCI_CONFIG, cfg_digest, cfg_size),
+            "mediaType": manifest_type,
+            "config": _descriptor(config_type, cfg_digest, cfg_size),
             "layers": layer_descs,
         }
         return blobs.put(json.dumps(doc, sort_keys=True).encode())
 
     m_digest, m_size = manifest_for(plat)
-    top_type, top_digest, top_size = mt.OCI_MANIFEST, m_digest, m_size
+    top_type, top_digest, top_size = manifest_type, m_digest, m_size
     if as_index:
         other = Platform("linux", "arm64" if plat.architecture != "arm64" else "amd64")
         o_digest, o_size = manifest_for(other)
         entries = [
-            _descriptor(mt.OCI_MANIFEST, o_digest, o_size, platform={"os": other.os, "architecture": other.architecture}),
-            _descriptor(mt.OCI_MANIFEST, m_digest, m_size, platform={"os": plat.os, "architecture": plat.architecture}),
+            _descriptor(manifest_type, o_digest, o_size, platform={"os": other.os, "architecture": other.architecture}),
+            _descriptor(manifest_type, m_digest, m_size, platform={"os": plat.os, "architecture": plat.architecture}),
         ]
-        idx = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+        idx = {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
         top_digest, top_size = blobs.put(json.dumps(idx, sort_keys=True).encode())
-        top_type = mt.OCI_INDEX
+        top_type = index_type
 
     index_path = dest / "index.json"
     existing: list[dict[str, Any]] = []

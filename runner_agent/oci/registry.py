@@ -44,20 +44,19 @@ def normalize_registry_url(registry: str) -> str:
     Like Bencher's reference runner, trailing ``/`` is trimmed and the scheme (http or https)
     decides how we connect.
     """
-    url = registry.strip().rstrip("/")
-    if not url:
-        raise ImageError("empty registry URL")
-    if url.startswith(("http://", "https://")):
-        rest = url.split("://", 1)[1]
-    elif "://" in url:
+    text = registry.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "https", text
+    elif scheme not in ("http", "https"):
         raise ImageError(f"unsupported registry URL scheme in {registry!r} (use http or https)")
-    else:
-        rest, url = url, "https://" + url
-    if not rest or "/" in rest or any(c.isspace() for c in rest):
-        raise ImageError(f"invalid registry URL {registry!r}: expected scheme://host[:port]")
-    return url
+    host = rest.rstrip("/")
+    if not _HOST_RE.match(host):
+        raise ImageError(f"invalid registry URL {registry!r}: expected [http[s]://]host[:port][/]")
+    return f"{scheme}://{host}"
 
 
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 _PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
 

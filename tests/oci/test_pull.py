@@ -203,3 +203,16 @@ async def test_cancel_mid_pull_leaves_cache_consistent(
         proxy.faults.release.set()
         image = await prepare_image(source(unique_image, proxy.url), cache)
     assert (image.rootfs / "etc/unique").stat().st_size == 64 * 1024
+
+
+@pytest.mark.parametrize("as_index", [False, True])
+async def test_docker_v2_manifest_and_list(
+    registry: RegistryServer, tmp_path: Path, cache: ImageCache, as_index: bool
+) -> None:
+    with trio.fail_after(30):
+        img = await push_busybox(
+            registry.url, f"test/docker-{str(as_index).lower()}", tmp_path, as_index=as_index, docker_media_types=True
+        )
+        image = await prepare_image(source(img), cache)
+    assert image.manifest_digest == img.digest
+    assert (image.rootfs / "bin/busybox").is_file()

@@ -54,11 +54,18 @@ def busybox_layout(
     compression: Compression | Sequence[Compression] = "gzip",
     as_index: bool = False,
     tag: str | None = None,
+    docker_media_types: bool = False,
 ) -> str:
     """Write a busybox image layout at ``dest``; returns its (manifest or index) digest."""
     layers = [busybox_files(extra), *extra_layers]
     return build_layout(
-        dest, layers, config=config, compression=compression, as_index=as_index, tag=tag
+        dest,
+        layers,
+        config=config,
+        compression=compression,
+        as_index=as_index,
+        tag=tag,
+        docker_media_types=docker_media_types,
     )
 
 
