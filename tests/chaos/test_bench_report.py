@@ -1,0 +1,89 @@
+"""``scripts/bench/report.py``: results JSON → README tables (median, p95, ratio vs baseline,
+target verdict) and PNG charts; malformed files are reported by name and reason, .md-only areas
+are included verbatim."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPORT = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "report.py"
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+GOOD = {
+    "title": "Demo area",
+    "description": "What is measured.",
+    "tables": [
+        {
+            "name": "latency",
+            "unit": "ms",
+            "baseline": "plain",
+            "target": {"row": "agent", "stat": "median", "op": "<=", "value": 2.5},
+            "rows": [
+                {"name": "agent", "samples": [1, 2, 3, 4, 100]},
+                {"name": "plain", "median": 2.0, "p95": 3.0, "n": 5},
+            ],
+        }
+    ],
+    "notes": "Closing words.",
+}
+
+
+def test_stats_and_ratio(report: ModuleType) -> None:
+    table = report.parse_results("demo", GOOD, "results-demo.json").tables[0]
+    agent, plain = table.rows
+    assert (agent.median, agent.p95, agent.n) == (3.0, 100.0, 5)
+    assert table.ratio(agent) == 1.5 and table.ratio(plain) == 1.0
+    assert table.target.met(agent) is False
+    assert report.median([4, 1, 3, 2]) == 2.5
+    assert report.nearest_rank(list(range(1, 101)), 0.95) == 95
+
+
+def test_readme_and_charts(report: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "results-demo.json").write_text(json.dumps(GOOD))
+    (tmp_path / "results-old.md").write_text("## Old figures\n\n| a | b |\n")
+    (tmp_path / "results-bad.json").write_text('{"tables": [{"name": "x", "rows": [{"name": "a"}]}]}')
+    (tmp_path / "demo.py").write_text("")
+    (tmp_path / "missing.py").write_text("")
+    assert report.main(["--bench-dir", str(tmp_path)]) == 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| agent | 3.00 | 100 | 5 | 1.50x |" in readme
+    assert "| plain | 2.00 | 3.00 | 5 | baseline |" in readme
+    assert "Target: agent median <= 2.50 ms — **missed**." in readme
+    assert "![latency](charts/demo-area-latency.png)" not in readme  # chart named by area stem
+    assert "![latency](charts/demo-latency.png)" in readme
+    assert (tmp_path / "charts" / "demo-latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "### Old figures" in readme  # .md included, headings nested one level down
+    assert "results-bad.json: tables[0].rows[0]: a row needs 'samples' or 'median'" in readme
+    assert "no results-missing.json or results-missing.md" in readme
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"baseline": "nobody"}, "baseline: no row named 'nobody'"),
+        ({"rows": []}, "rows: expected a non-empty list"),
+        ({"target": {"row": "agent", "op": "~", "value": 1}}, "op: one of"),
+        ({"rows": [{"name": "a", "samples": [1, "x"]}]}, "samples[1]: expected a finite number"),
+        ({"rows": [{"name": "a", "median": 1}, {"name": "a", "median": 2}]}, "row names repeat"),
+    ],
+)
+def test_malformed_tables_are_named(report: ModuleType, change: dict[str, object], message: str) -> None:
+    bad = {"tables": [{**GOOD["tables"][0], "target": None, **change}]}  # type: ignore[dict-item]
+    with pytest.raises(report.ResultsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        report.parse_results("demo", bad, "results-demo.json")
