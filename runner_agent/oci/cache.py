@@ -112,6 +112,7 @@ class ImageCache:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "rootfs", 0o755)
         self._clean_tmp()
+        self._reconcile()
 
     # -- paths and locks --------------------------------------------------------------------
 
@@ -143,6 +144,29 @@ class ImageCache:
             pid_text = entry.name.split("-", 1)[0]
             if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
                 _rmtree(entry)
+
+    def _reconcile(self) -> None:
+        """Index entries published but never recorded (a crash between rename and index update),
+        so eviction knows about them, and drop index entries whose files are gone."""
+        on_disk: dict[str, tuple[str, int]] = {}
+        for alg_dir in (self.root / "blobs").iterdir():
+            for blob in alg_dir.iterdir():
+                on_disk[f"{alg_dir.name}:{blob.name}"] = ("blob", blob.stat().st_size)
+        for entry in (self.root / "rootfs").iterdir():
+            try:
+                size = int(json.loads((entry / "meta.json").read_text())["size"])
+            except (OSError, ValueError, KeyError):
+                size = 0
+            on_disk[entry.name] = ("rootfs", size)
+        now = self.clock()
+
+        def update(index: dict[str, Any]) -> None:
+            for key in [k for k in index if k not in on_disk]:
+                del index[key]
+            for key, (kind, size) in on_disk.items():
+                index.setdefault(key, {"kind": kind, "size": size, "last_used": now})
+
+        self._with_index(update)
 
     # -- index ------------------------------------------------------------------------------
 

@@ -205,3 +205,19 @@ async def test_cancel_at_any_point_keeps_cache_consistent(tmp_path: Path) -> Non
         image = await prepare_image(src, cache)
     assert_consistent(cache)
     assert len(list((image.rootfs / "d2").iterdir())) == 40
+
+
+async def test_reopen_reconciles_index(busybox_image: RegistryImage, tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "c")
+    with trio.fail_after(30):
+        image = await prepare_image(LayoutSource(busybox_image.layout), cache)
+    image.release()
+    (cache.root / "index.json").unlink()  # as if we crashed before recording anything
+    reopened = ImageCache(tmp_path / "c", max_bytes=1)
+    index = reopened.index()
+    assert index[f"sha256-{busybox_image.digest[7:]}"]["kind"] == "rootfs"
+    assert sum(1 for e in index.values() if e["kind"] == "blob") == 2
+    with trio.fail_after(30):
+        await reopened.evict()
+    assert not image.rootfs.exists()
+    assert reopened.index() == {}
