@@ -87,3 +87,16 @@ async def test_anonymous_refused(auth_setup: AuthSetup, tokens: TokenServer, tmp
     with trio.fail_after(30), pytest.raises(RegistryAuthError, match="token endpoint"):
         await prepare_image(src, ImageCache(tmp_path / "c"))
     assert tokens.requests[0]["authorization"] is None
+
+
+async def test_token_without_access(auth_setup: AuthSetup, tokens: TokenServer, tmp_path: Path) -> None:
+    tokens.grant_access = False
+    try:
+        src = RegistrySource(auth_setup.registry.url, auth_setup.repository, auth_setup.digest, CREDENTIAL)
+        with trio.fail_after(30), pytest.raises(
+            RegistryAuthError, match=r"registry refused access to manifest .* \(HTTP 401, token rejected\)"
+        ):
+            await prepare_image(src, ImageCache(tmp_path / "c"))
+    finally:
+        tokens.grant_access = True
+    assert len(tokens.requests) == 1  # one challenge answered, then a clear failure (no loop)

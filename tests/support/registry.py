@@ -150,6 +150,7 @@ class TokenServer:
     service: str
     cert_path: Path
     required_credential: str | None = None
+    grant_access: bool = True  # False: issue valid tokens that grant nothing
     requests: list[dict[str, Any]] = field(factory=list)
 
     @property
@@ -207,7 +208,7 @@ def run_token_server(workdir: Path, required_credential: str | None = None) -> I
                 self.end_headers()
                 return
             access = []
-            for scope in query.get("scope", "").split():
+            for scope in query.get("scope", "").split() if server.grant_access else []:
                 kind, _, rest = scope.partition(":")
                 repo, _, actions = rest.rpartition(":")
                 access.append({"type": kind, "name": repo, "actions": actions.split(",")})
