@@ -45,3 +45,7 @@ main.add_command(run)
 from runner_agent.commands.exec_cmd import exec_  # noqa: E402
 
 main.add_command(exec_)
+
+from runner_agent.commands.demo_cmd import demo  # noqa: E402
+
+main.add_command(demo)
