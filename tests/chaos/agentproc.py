@@ -24,7 +24,7 @@ def agent_command(
         sys.executable, "-m", "runner_agent", "run",
         "--host", host, "--runner", runner,
         "--state-dir", str(state_dir), "--cache-dir", str(cache_dir),
-        "--heartbeat-interval", "0.1", "--poll-timeout", "1", "--ack-timeout", "1",
+        "--heartbeat-interval", "0.1", "--poll-timeout", "1", "--ack-timeout", "5",
         "--kill-grace", "0.5", "--log-format", "json", "--log-level", "debug",
         *extra,
     ]

@@ -83,7 +83,7 @@ def make_jobs(rng: random.Random, count: int) -> list[SoakJob]:
             case Kind.FAILING:
                 script, timeout = f"{echo}; echo failing >&2; exit {rng.randint(1, 120)}", 30
             case Kind.CHATTY:
-                script, timeout = f"{echo}; busybox yes {uuid.hex} | busybox head -n 60000", 30
+                script, timeout = f"{echo}; busybox yes {uuid.hex} | busybox head -n 6000", 30
             case Kind.CANCELED:
                 script, timeout = f"{echo}; sleep 30", 60
             case Kind.TIMEOUT:

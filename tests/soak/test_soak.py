@@ -99,7 +99,7 @@ async def test_soak(tmp_path: Path, soak_image: tuple[Path, str]) -> None:
     rss: list[list[int]] = []
     exits: dict[str, int] = {}
     plan = RandomFaults(seed=SEED, count=FAULTS, weights=FAULT_WEIGHTS, max_delay=0.3,
-                        min_rate=4096.0, max_duration=3.0).plan()
+                        min_rate=65536.0, max_duration=3.0).plan()
     started_at = trio.current_time()
 
     with trio.fail_after(BUDGET):
