@@ -28,7 +28,7 @@ CHUNK_SIZE = 1024 * 1024
 
 @frozen
 class RetryPolicy:
-    """Bounded exponential backoff for 5xx answers and connection errors."""
+    """Bounded exponential backoff for 5xx and 429 answers and for connection errors."""
 
     attempts: int = 4
     base_delay: float = 0.25
@@ -164,7 +164,7 @@ class RegistryClient:
                 if resp.status_code == 403:
                     await resp.aclose()
                     raise RegistryAuthError(f"registry denied access to {what} at {url} (HTTP 403)")
-                if resp.status_code < 500:
+                if resp.status_code < 500 and resp.status_code != 429:
                     return resp
                 problem = f"HTTP {resp.status_code}"
                 await resp.aclose()
