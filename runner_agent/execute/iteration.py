@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 from attrs import frozen
 
+from runner_agent.errors import JobError
 from runner_agent.execute.capture import BoundedCapture, drain
 from runner_agent.execute.child import Child, probe_prefix, rss_probe
-from runner_agent.execute.overlay import OverlayError, scratch_root
+from runner_agent.execute.overlay import OverlayError, Scratch
 from runner_agent.execute.plan import JobPlan
 from runner_agent.execute.results import IterationMetrics, exit_code_of
 from runner_agent.execute.rootpath import RootPathError, resolve_in_root
@@ -40,25 +41,26 @@ class IterationResult:
     metrics: IterationMetrics
 
 
-@contextmanager
-def iteration_root(plan: JobPlan) -> Iterator[Path]:
+@asynccontextmanager
+async def iteration_root(plan: JobPlan) -> AsyncIterator[Path]:
     """The root the iteration runs in: a private overlay (always in sandbox mode; in host mode
-    when the kernel lets us), else the shared rootfs itself (host mode only)."""
-    if plan.mode == "sandbox":
-        with scratch_root(plan.rootfs, plan.options.work_dir) as root:
-            yield root
-        return
+    when the kernel lets us), else the shared rootfs itself (host mode only). The overlay is
+    removed in a worker thread (unmounting takes milliseconds), even when cancelled."""
+    scratch: Scratch | None = None
     try:
-        ctx = scratch_root(plan.rootfs, plan.options.work_dir)
-        root = ctx.__enter__()
+        scratch = Scratch(plan.rootfs, plan.options.work_dir)
     except OverlayError as exc:
+        if plan.mode == "sandbox":
+            raise JobError(f"Execution error: cannot create the iteration's root: {exc}") from exc
         log.warning("host mode without a private overlay (%s): running in the shared rootfs", exc)
-        yield plan.rootfs
-        return
+    except OSError as exc:
+        raise JobError(f"Execution error: cannot create the iteration's root: {exc}") from exc
     try:
-        yield root
+        yield scratch.merged if scratch is not None else plan.rootfs
     finally:
-        ctx.__exit__(None, None, None)
+        if scratch is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(scratch.remove)
 
 
 def collect_files(
@@ -134,7 +136,7 @@ class Iteration:
 
     async def run(self) -> IterationResult:
         plan = self.plan
-        with iteration_root(plan) as root:
+        async with iteration_root(plan) as root:
             probe = rss_probe()
             build, env, cwd = self._command(root, probe)
             sandboxed = plan.mode == "sandbox"

@@ -40,27 +40,46 @@ def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
 
 
 def _umount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), 0) == 0:
+        return
     if _libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         log.warning("could not unmount %s: %s", target, os.strerror(err))
 
 
+class Scratch:
+    """One mounted per-iteration overlay: ``merged`` is the writable root."""
+
+    def __init__(self, rootfs: Path, work_dir: Path) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="iter-", dir=work_dir))
+        self.merged = self.path / "merged"
+        self._mounted = False
+        try:
+            for name in ("upper", "work", "merged"):
+                (self.path / name).mkdir()
+            _mount_overlay(rootfs, self.path / "upper", self.path / "work", self.merged)
+            self._mounted = True
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Unmount and delete everything (blocking: run it in a thread from async code)."""
+        if self._mounted:
+            _umount(self.merged)
+            self._mounted = False
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 @contextmanager
 def scratch_root(rootfs: Path, work_dir: Path) -> Iterator[Path]:
     """Yields the merged, writable root; everything is unmounted and deleted on exit."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="iter-", dir=work_dir))
-    merged = scratch / "merged"
+    scratch = Scratch(rootfs, work_dir)
     try:
-        for name in ("upper", "work", "merged"):
-            (scratch / name).mkdir()
-        _mount_overlay(rootfs, scratch / "upper", scratch / "work", merged)
-        try:
-            yield merged
-        finally:
-            _umount(merged)
+        yield scratch.merged
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
 
 
 def overlay_available(work_dir: Path) -> str | None:

@@ -35,9 +35,16 @@ class ProcInfo:
 def read_stat(pid: int) -> ProcInfo | None:
     """The process's stat fields, or ``None`` if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
+        return None
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not raw:
         return None
     rest = raw[raw.rfind(b")") + 2 :].split()
     return ProcInfo(pid, int(rest[1]), int(rest[2]), int(rest[3]), rest[0].decode(), int(rest[19]))
