@@ -307,14 +307,11 @@ class ImageCache:
                 return meta
             tmp = self._new_tmp(digest.path_key)
             try:
-                (tmp / "fs").mkdir(parents=True)
-                os.chmod(tmp / "fs", 0o755)
+                await trio.to_thread.run_sync(_make_fs_dir, tmp / "fs")
                 config = await create(tmp / "fs")
-                size = await trio.to_thread.run_sync(_tree_size, tmp)
-                meta = RootfsMeta(str(digest), config, size)
-                (tmp / "meta.json").write_text(json.dumps(asdict(meta)))
-                os.chmod(tmp, 0o755)
-                os.rename(tmp, self.rootfs_dir(digest))
+                meta = await trio.to_thread.run_sync(
+                    _publish_rootfs, tmp, str(digest), config, self.rootfs_dir(digest)
+                )
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(_rmtree, tmp)
@@ -322,6 +319,20 @@ class ImageCache:
             return meta
         finally:
             os.close(create_fd)
+
+
+def _make_fs_dir(fs: Path) -> None:
+    fs.mkdir(parents=True)
+    os.chmod(fs, 0o755)
+
+
+def _publish_rootfs(tmp: Path, digest: str, config: ImageConfig, final: Path) -> RootfsMeta:
+    """Measure, describe and atomically publish a fully unpacked temp entry."""
+    meta = RootfsMeta(digest, config, _tree_size(tmp))
+    (tmp / "meta.json").write_text(json.dumps(asdict(meta)))
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, final)
+    return meta
 
 
 def _open_rb(path: Path) -> BinaryIO:
@@ -334,7 +345,8 @@ def _tuples(doc: dict[str, Any]) -> dict[str, Any]:
 
 class BlobWriter:
     """Streams a blob into the cache: buffered writes off the trio thread, hashing as it goes,
-    size checked against the descriptor; ``commit()`` verifies and atomically publishes it."""
+    size checked against the descriptor; ``commit()`` verifies and atomically publishes it.
+    All file-system calls run in worker threads (creates and renames can stall on a busy disk)."""
 
     def __init__(self, cache: ImageCache, digest: Digest, size: int | None, what: str) -> None:
         self.cache = cache
@@ -343,7 +355,7 @@ class BlobWriter:
         self.what = what
         self.verifier = DigestVerifier(digest, what)
         self.tmp = cache._new_tmp("blob")
-        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = -1
         self._buffer = bytearray()
         self.received = 0
 
@@ -357,7 +369,13 @@ class BlobWriter:
         if len(self._buffer) >= _WRITE_BUFFER:
             await self._flush()
 
+    def _open_sync(self) -> None:
+        if self._fd < 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            self._fd = os.open(self.tmp, flags, 0o644)
+
     def _write_sync(self, data: bytes) -> None:
+        self._open_sync()
         self.verifier.update(data)
         view = memoryview(data)
         while view:
@@ -369,9 +387,8 @@ class BlobWriter:
             self._buffer.clear()
             await trio.to_thread.run_sync(self._write_sync, data)
 
-    async def commit(self) -> BinaryIO:
-        """Verify size and digest, publish under ``blobs/``, and return it opened for reading."""
-        await self._flush()
+    def _publish_sync(self) -> BinaryIO:
+        self._open_sync()
         os.close(self._fd)
         self._fd = -1
         if self.expected_size is not None and self.received != self.expected_size:
@@ -383,15 +400,16 @@ class BlobWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         fh = _open_rb(self.tmp)
         os.rename(self.tmp, final)
-        await trio.to_thread.run_sync(
-            self.cache._touch_sync, str(self.digest), "blob", self.received
-        )
+        self.cache._touch_sync(str(self.digest), "blob", self.received)
         return fh
+
+    async def commit(self) -> BinaryIO:
+        """Verify size and digest, publish under ``blobs/``, and return it opened for reading."""
+        await self._flush()
+        return await trio.to_thread.run_sync(self._publish_sync)
 
     def abort(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         self.tmp.unlink(missing_ok=True)
-
-

@@ -64,10 +64,12 @@ async def test_waiter_reuses_instead_of_creating(tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "c")
     digest = parse_digest("sha256:" + "ab" * 32)
     gate = trio.Event()
+    started = trio.Event()
     calls: list[str] = []
 
     async def create(fs: Path) -> ImageConfig:
         calls.append("create")
+        started.set()
         (fs / "marker").write_text("x")
         await gate.wait()
         return ImageConfig(cmd=("true",))
@@ -82,7 +84,7 @@ async def test_waiter_reuses_instead_of_creating(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(user)
-            await trio.testing.wait_all_tasks_blocked()
+            await started.wait()
             nursery.start_soon(user)
             await trio.testing.wait_all_tasks_blocked()
             assert calls == ["create"]
