@@ -6,23 +6,30 @@ with replacement and puts a marker where bytes were dropped.
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
 
 
 class BoundedCapture:
-    """Head (first ``cap // 2`` bytes) + tail (last ``cap - cap // 2`` bytes) of a byte stream."""
+    """Head (first ``cap // 2`` bytes) + tail (last ``cap - cap // 2`` bytes) of a byte stream.
+
+    The tail is a queue of received chunks trimmed from the front a chunk at a time, so feeding
+    costs O(chunk) and memory stays under ``cap`` plus one chunk.
+    """
 
     def __init__(self, name: str, cap: int) -> None:
         self.name = name
         self._head_cap = cap // 2
         self._tail_cap = cap - self._head_cap
         self._head = bytearray()
-        self._tail = bytearray()
+        self._tail: deque[bytes] = deque()
+        self._tail_len = 0
         self.total = 0
 
     @property
     def dropped(self) -> int:
-        return self.total - len(self._head) - len(self._tail)
+        return self.total - len(self._head) - min(self._tail_len, self._tail_cap)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -33,26 +40,28 @@ class BoundedCapture:
             view = view[room:]
         if not view:
             return
-        if len(view) >= self._tail_cap:
-            self._tail[:] = view[len(view) - self._tail_cap :]
-        else:
-            self._tail += view
-            excess = len(self._tail) - self._tail_cap
-            if excess > 0:
-                del self._tail[:excess]
+        chunk = data if isinstance(data, bytes) and len(view) == len(data) else bytes(view)
+        self._tail.append(chunk)
+        self._tail_len += len(view)
+        while self._tail and self._tail_len - len(self._tail[0]) >= self._tail_cap:
+            self._tail_len -= len(self._tail.popleft())
+
+    def _tail_bytes(self) -> bytes:
+        joined = b"".join(self._tail)
+        return joined[len(joined) - self._tail_cap :] if len(joined) > self._tail_cap else joined
 
     def text(self) -> str:
+        tail = self._tail_bytes()
         if not self.dropped:
-            return (self._head + self._tail).decode("utf-8", errors="replace")
+            return (bytes(self._head) + tail).decode("utf-8", errors="replace")
         marker = (
             f"\n[runner-agent: {self.dropped} bytes of {self.name} dropped "
             f"({self.total} written, head and tail kept)]\n"
         )
-        head = self._head.decode("utf-8", errors="replace")
-        return head + marker + self._tail.decode("utf-8", errors="replace")
+        return self._head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
 
 
-async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 65536) -> None:
+async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 1 << 20) -> None:
     """Read ``stream`` to EOF into ``capture``."""
     while True:
         data = await stream.receive_some(chunk)

@@ -26,11 +26,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from runner_agent.execute import JobControl, build_plan, run_plan  # noqa: E402
-from runner_agent.execute.options import ExecOptions, SandboxMode  # noqa: E402
-from runner_agent.execute.proctree import scan  # noqa: E402
-from tests.execute.jobs import image, make_job  # noqa: E402
-from tests.support.rootfs import make_busybox_rootfs  # noqa: E402
+from runner_agent.execute import JobControl, build_plan, run_plan
+from runner_agent.execute.options import ExecOptions, SandboxMode
+from runner_agent.execute.proctree import scan
+from tests.execute.jobs import image, make_job
+from tests.support.rootfs import make_busybox_rootfs
 
 MODES: tuple[SandboxMode, ...] = ("host", "sandbox")
 
@@ -66,31 +66,42 @@ async def start_latency(rootfs: Path, work: Path, mode: SandboxMode, runs: int) 
 
 async def cancel_latency(rootfs: Path, work: Path, mode: SandboxMode, runs: int) -> list[float]:
     marker = "86420"
-    p = plan(rootfs, work, mode, ["/bin/sleep", marker])
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    script = f"echo up | nc 127.0.0.1 {port}; exec sleep {marker}"
+    p = plan(rootfs, work, mode, ["/bin/sh", "-c", script], network=True)
     out: list[float] = []
     for _ in range(runs):
         control = JobControl()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_plan, p, control)
-            while not any(_is_sleeper(pid, marker) for pid in scan()):
-                await trio.sleep(0.001)
+            conn = await listener.accept()
+            await conn.receive_some()
+            await conn.aclose()
             t0 = time.perf_counter()
             control.request_cancel("bench")
         out.append(time.perf_counter() - t0)
-        assert not any(_is_sleeper(pid, marker) for pid in scan()), "tree survived"
+        assert not any(_in_tree(pid, marker) for pid in scan()), "tree survived"
+    await listener.aclose()
     return out
 
 
-def _is_sleeper(pid: int, marker: str) -> bool:
+def _in_tree(pid: int, marker: str) -> bool:
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return len(args) == 2 and args[0].endswith(b"/sleep") and args[1] == marker.encode()
+
+
+def write_file(path: Path, mb: int) -> None:
+    block = bytes(range(256)) * 4096
+    with open(path, "wb") as fh:
+        for _ in range(mb):
+            fh.write(block)
 
 
 async def drain(rootfs: Path, work: Path, mode: SandboxMode, mb: int) -> float:
-    p = plan(rootfs, work, mode, ["/bin/cat", "/big"])
+    p = plan(rootfs, work, mode, ["/bin/cat", "big"])
     best = 0.0
     for _ in range(3):
         t0 = time.perf_counter()
@@ -119,10 +130,7 @@ async def main() -> None:
         base = Path(tmp)
         rootfs = make_busybox_rootfs(base / "rootfs")
         big = rootfs / "big"
-        with open(big, "wb") as fh:
-            block = bytes(range(256)) * 4096
-            for _ in range(args.drain_mb):
-                fh.write(block)
+        write_file(big, args.drain_mb)
         work = base / "work"
         print(f"runs={args.runs}, drain file {args.drain_mb} MiB")
         for mode in MODES:

@@ -1,0 +1,73 @@
+"""Start-up sandbox check and placement (cgroup join + cgroup.kill against a fake cgroup dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from runner_agent.errors import SandboxUnavailableError
+from runner_agent.execute import ExecOptions, JobControl, Placement, check_sandbox, run_plan
+from runner_agent.execute.sandbox import bwrap_argv
+from tests.execute.jobs import plan_for
+
+
+def test_working_bwrap_gives_sandbox_mode(tmp_path: Path) -> None:
+    assert check_sandbox(ExecOptions(work_dir=tmp_path)) == "sandbox"
+
+
+def test_missing_bwrap_is_refused_with_the_fix(tmp_path: Path) -> None:
+    options = ExecOptions(work_dir=tmp_path, bwrap="no-such-bwrap-binary")
+    with pytest.raises(SandboxUnavailableError) as err:
+        check_sandbox(options)
+    text = str(err.value)
+    assert "'no-such-bwrap-binary' was not found on PATH" in text
+    assert "apt-get install bubblewrap" in text and "--danger-allow-no-sandbox" in text
+
+
+def test_missing_bwrap_falls_back_to_host_only_when_allowed(tmp_path: Path) -> None:
+    options = ExecOptions(work_dir=tmp_path, bwrap="no-such-bwrap-binary", allow_no_sandbox=True)
+    assert check_sandbox(options) == "host"
+    with pytest.raises(SandboxUnavailableError, match="requires --danger-allow-no-sandbox"):
+        check_sandbox(ExecOptions(work_dir=tmp_path, mode="host"))
+
+
+def test_bwrap_command_line(tmp_path: Path) -> None:
+    argv = bwrap_argv("bwrap", tmp_path, ["/bin/sh", "-c", "x"], [("PATH", "/bin")], "/app", network=False)
+    assert argv[:4] == ["bwrap", "--bind", str(tmp_path), "/"]
+    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+                 "--die-with-parent", "--new-session", "--clearenv"):
+        assert flag in argv
+    assert argv[argv.index("--chdir") + 1] == "/app"
+    assert argv[-4:] == ["--", "/bin/sh", "-c", "x"]
+    shared = bwrap_argv("bwrap", tmp_path, ["/bin/true"], [], "/", network=True)
+    assert "--share-net" in shared and "--unshare-net" not in shared
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "host"])
+async def test_benchmark_joins_the_cgroup_and_cgroup_kill_ends_the_ladder(
+    busybox_rootfs: Path, tmp_path: Path, mode: str
+) -> None:
+    cgroup = tmp_path / "cg"  # a fake cgroup v2 directory (this machine has no usable v2 tree)
+    cgroup.mkdir()
+    (cgroup / "cgroup.procs").write_text("")
+    (cgroup / "cgroup.kill").write_text("")
+    plan = plan_for(
+        busybox_rootfs, tmp_path, mode, "exit 0",  # type: ignore[arg-type]
+        opts={"placement": Placement(cpus=frozenset({0}), cgroup_dir=cgroup)},
+    )
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    assert outcome.status == "completed"
+    assert (cgroup / "cgroup.procs").read_text().strip().isdigit()
+    assert plan.memory_limit is None  # the cgroup, not an rlimit, limits memory
+
+    slow = plan_for(
+        busybox_rootfs, tmp_path, mode, "sleep 30",  # type: ignore[arg-type]
+        {"timeout": 1}, opts={"placement": Placement(cgroup_dir=cgroup), "kill_grace": 0.0},
+    )
+    with trio.fail_after(30):
+        outcome = await run_plan(slow, JobControl())
+    assert outcome.status == "failed"
+    assert (cgroup / "cgroup.kill").read_text() == "1\n"
