@@ -16,6 +16,7 @@ silent close can also be a rate limit or a server restart.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -146,6 +147,10 @@ def _serve(config: Config, endpoint: Any, outbox: Outbox, options: ExecOptions) 
         started = time.monotonic()
         log.info("runner-agent starting: runner %s at %s (sandbox: %s)", config.runner,
                  endpoint.url, options.mode or "auto")
+        # Everything loaded so far lives for the whole process: keep it out of the garbage
+        # collector's way so a collection never stalls a reply to the server.
+        gc.collect()
+        gc.freeze()
         try:
             code = trio.run(_main, agent, config, stats)
         except ConfigUsageError:
