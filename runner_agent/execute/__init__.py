@@ -1,5 +1,36 @@
 """Job execution: the plan (argv/env/workdir), sandbox (bubblewrap) and host modes, one iteration
-(process group, bounded output, kill ladder, metrics), results and the message budget."""
+(process group, bounded output, kill ladder, metrics), results and the message budget.
+
+Driver API: `check_sandbox` once at start-up, `build_plan` + `run_plan` (or `execute_job`, which
+also prepares the image) per job, `JobControl.request_cancel` from any task, and
+`JobOutcome.to_message` for the terminal message.
+
+Choices (and where they differ from Bencher's reference runner):
+- Writable root: bubblewrap 0.8 has no ``--overlay``, so each iteration gets a kernel overlayfs
+  (lower = the shared read-only rootfs, upper = a scratch dir) mounted by the agent (root needed)
+  and bound as ``/``; ``file_paths`` are read from it after the iteration, then it is removed.
+  ``/tmp`` is part of that private overlay (so files written there can be collected).
+- Missing ``file_paths`` are skipped with a warning, and no file at all gives no ``output`` —
+  exactly like the reference runner (the server then parses stdout).
+- ``iter`` 0 runs nothing and completes (reference: ``iter`` or 1, no minimum).
+- A non-zero exit stops the job unless ``allow_failure``; a failure beats a cancellation.
+- The timeout covers the whole job (the reference times each iteration); its error is
+  ``Execution error: Benchmark timeout: job timed out after N s``.
+- An iteration killed by cancel/timeout produces no result (as in the reference).
+- ``build_time`` is the iteration's wall time (the reference also counts its image pull).
+- Metrics: ``busybox time`` (host ``/bin/busybox``; in the sandbox bound read-only at
+  ``/.runner-agent/busybox``) runs the benchmark and reports its own peak RSS and CPU times;
+  without busybox they come from ``wait4`` (then CPU of sandboxed processes is not counted and
+  peak RSS is at least the agent's own size — kernel accounting of spawned processes).
+
+Host mode (only with ``--danger-allow-no-sandbox``, or a spec without sandbox) is not isolation:
+the program is resolved inside the image but runs on the host filesystem with the host's
+libraries for anything it execs by absolute path, the host network, and the agent's privileges;
+only relative writes land in the private overlay (absolute paths hit the host). The environment
+is cleared (image + job env only). Escapees are found because the agent becomes a child
+subreaper; an unrelated child the agent spawned itself during a host-mode iteration would be
+mistaken for an escapee (the agent runs one job at a time and spawns nothing else meanwhile).
+"""
 
 from runner_agent.execute.control import JobControl
 from runner_agent.execute.options import ExecOptions, Placement, SandboxMode

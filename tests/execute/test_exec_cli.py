@@ -144,3 +144,12 @@ async def test_execute_job_missing_registry_image(registry: RegistryServer, tmp_
             make_job(), source, ImageCache(tmp_path / "cache"), ExecOptions(work_dir=tmp_path / "w"), JobControl()
         )
     assert outcome.status == "failed" and outcome.error
+
+
+def test_layout_dir_in_host_mode(layout: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "exec", str(layout), "--danger-allow-no-sandbox", "--json",
+        "--cache-dir", str(tmp_path / "cache"), "--", "/bin/sh", "-c", "echo host",
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"] == [{"exit_code": 0, "stdout": "host\n"}]

@@ -284,3 +284,10 @@ async def test_metrics_are_the_benchmarks_own(
     assert tiny.max_rss_kb < 20_000  # not the agent's own size
     assert large.max_rss_kb > 39_000
     assert large.user_s + large.sys_s > 0.05 and large.wall_s >= large.user_s * 0.5
+
+
+async def test_iter_zero_runs_nothing_like_bencher(busybox_rootfs: Path, tmp_path: Path) -> None:
+    plan = plan_for(busybox_rootfs, tmp_path, "sandbox", "exit 1", {"iter": 0})
+    with trio.fail_after(10):
+        outcome = await run_plan(plan, JobControl())
+    assert (outcome.status, outcome.results, outcome.metrics) == ("completed", (), ())
