@@ -29,5 +29,9 @@ class TruncatedBlobError(ImageError):
     """A body ended before (or ran past) the size its descriptor announced."""
 
 
+class InterruptedBodyError(TruncatedBlobError):
+    """The connection broke in the middle of a body (retried like a 5xx before it is final)."""
+
+
 class UnsafeLayerError(ImageError):
     """A layer tried to write outside the rootfs or broke an unpack limit."""

@@ -18,7 +18,7 @@ from runner_agent.oci import mediatypes as mt
 from runner_agent.oci._threads import CancelToken, run_sync_cancellable
 from runner_agent.oci.cache import BlobWriter, ImageCache
 from runner_agent.oci.digest import Digest, DigestVerifier, parse_digest
-from runner_agent.oci.errors import ManifestError, TruncatedBlobError
+from runner_agent.oci.errors import InterruptedBodyError, ManifestError, TruncatedBlobError
 from runner_agent.oci.image import ImageConfig, PreparedImage
 from runner_agent.oci.layout import LayoutOrigin
 from runner_agent.oci.manifest import (
@@ -93,7 +93,7 @@ class RegistryOrigin:
                 async for chunk in resp.aiter_bytes():
                     await writer.write(chunk)
             except httpx.TransportError as err:
-                raise TruncatedBlobError(
+                raise InterruptedBodyError(
                     f"blob {desc.digest} at {resp.request.url}: body ended after "
                     f"{writer.received} of {desc.size} bytes ({err!r})"
                 ) from None
@@ -163,7 +163,7 @@ async def prepare_image(
 
         async def create(fs: Path) -> ImageConfig:
             try:
-                return await _pull_and_unpack(origin, key, fs, plat, limits, cache)
+                return await _pull_and_unpack(origin, key, fs, plat, limits, cache, retry)
             except BaseExceptionGroup as group:
                 found = _first_image_error(group)
                 if found is not None:
@@ -190,26 +190,41 @@ async def _verified_manifest(
     return doc, media_type_of(doc, content_type, what)
 
 
-async def _small_blob(origin: Origin, cache: ImageCache, desc: Descriptor) -> bytes:
+async def _small_blob(
+    origin: Origin, cache: ImageCache, desc: Descriptor, retry: RetryPolicy
+) -> bytes:
     if desc.size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"image config {desc.digest} is {desc.size} bytes (too large)")
-    fh = await _blob(origin, cache, desc, f"image config {desc.digest} from {origin.describe()}")
+    fh = await _blob(
+        origin, cache, desc, f"image config {desc.digest} from {origin.describe()}", retry
+    )
     with fh:
         return fh.read()
 
 
-async def _blob(origin: Origin, cache: ImageCache, desc: Descriptor, what: str) -> BinaryIO:
+async def _blob(
+    origin: Origin, cache: ImageCache, desc: Descriptor, what: str, retry: RetryPolicy
+) -> BinaryIO:
+    """The verified blob, from the cache or downloaded into it; a body cut off mid-way is
+    fetched again (bounded backoff) before the truncation becomes the error."""
     cached = cache.open_blob(desc.digest)
     if cached is not None:
         if os.fstat(cached.fileno()).st_size == desc.size:
             return cached
         cached.close()
-    writer = cache.blob_writer(desc.digest, desc.size, what)
-    try:
-        await origin.blob_into(desc, writer)
-        return await writer.commit()
-    finally:
-        writer.abort()
+    attempt = 0
+    while True:
+        writer = cache.blob_writer(desc.digest, desc.size, what)
+        try:
+            await origin.blob_into(desc, writer)
+            return await writer.commit()
+        except InterruptedBodyError as err:
+            attempt += 1
+            if attempt >= retry.attempts:
+                raise InterruptedBodyError(f"{err} (after {attempt} attempts)") from None
+        finally:
+            writer.abort()
+        await trio.sleep(retry.delay(attempt - 1))
 
 
 async def _pull_and_unpack(
@@ -219,6 +234,7 @@ async def _pull_and_unpack(
     plat: Platform,
     limits: UnpackLimits,
     cache: ImageCache,
+    retry: RetryPolicy,
 ) -> ImageConfig:
     what = f"image {digest} from {origin.describe()}"
     doc, media_type = await _verified_manifest(origin, digest, None)
@@ -229,7 +245,8 @@ async def _pull_and_unpack(
     if media_type not in mt.MANIFEST_TYPES:
         raise ManifestError(f"{what}: unsupported manifest media type {media_type!r}")
     manifest = parse_manifest(doc, what)
-    parsed = parse_image_config(await _small_blob(origin, cache, manifest.config), f"{what} config")
+    config_body = await _small_blob(origin, cache, manifest.config, retry)
+    parsed = parse_image_config(config_body, f"{what} config")
     if parsed.diff_ids and len(parsed.diff_ids) != len(manifest.layers):
         raise ManifestError(
             f"{what}: config lists {len(parsed.diff_ids)} diff_ids for {len(manifest.layers)} layers"
@@ -242,7 +259,9 @@ async def _pull_and_unpack(
 
     async def fetch(i: int) -> None:
         async with limiter:
-            files[i] = await _blob(origin, cache, layers[i], f"layer {i} ({layers[i].digest}) of {what}")
+            files[i] = await _blob(
+                origin, cache, layers[i], f"layer {i} ({layers[i].digest}) of {what}", retry
+            )
         ready[i].set()
 
     unpacker = await trio.to_thread.run_sync(Unpacker, fs, limits)

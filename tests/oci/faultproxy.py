@@ -19,6 +19,7 @@ class Faults:
     fail_times: int = 0
     fail_status: int = 503
     truncate_blobs: bool = False
+    truncate_times: int | None = None  # with truncate_blobs: only this many times
     stall_blobs: bool = False
     manifest_body: bytes | None = None
     manifest_type: str | None = None
@@ -76,8 +77,13 @@ def run_fault_proxy(upstream: str) -> Iterator[FaultProxy]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if is_blob and len(body) > 1 and faults.truncate_blobs:
-                self.wfile.write(body[: len(body) // 2])
-                return  # the connection closes with the body incomplete
+                with faults.lock:
+                    cut = faults.truncate_times is None or faults.truncate_times > 0
+                    if cut and faults.truncate_times is not None:
+                        faults.truncate_times -= 1
+                if cut:
+                    self.wfile.write(body[: len(body) // 2])
+                    return  # the connection closes with the body incomplete
             if is_blob and len(body) > 1 and faults.stall_blobs:
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()

@@ -175,8 +175,10 @@ async def test_connection_refused(busybox_image: RegistryImage, cache: ImageCach
 
 async def test_truncated_body(unique_image: RegistryImage, proxy: FaultProxy, cache: ImageCache) -> None:
     proxy.faults.truncate_blobs = True
-    with trio.fail_after(30), pytest.raises(TruncatedBlobError, match=r"body ended after \d+ of \d+ bytes"):
-        await prepare_image(source(unique_image, proxy.url), cache)
+    with trio.fail_after(30), pytest.raises(
+        TruncatedBlobError, match=r"body ended after \d+ of \d+ bytes .*\(after 3 attempts\)"
+    ):
+        await prepare_image(source(unique_image, proxy.url), cache, retry=FAST_RETRY)
     assert_clean(cache)
     assert [p for p in (cache.root / "blobs").rglob("*") if p.is_file()] == []
 
@@ -216,3 +218,12 @@ async def test_docker_v2_manifest_and_list(
         image = await prepare_image(source(img), cache)
     assert image.manifest_digest == img.digest
     assert (image.rootfs / "bin/busybox").is_file()
+
+
+async def test_interrupted_body_fetched_again(unique_image: RegistryImage, proxy: FaultProxy, cache: ImageCache) -> None:
+    proxy.faults.truncate_blobs = True
+    proxy.faults.truncate_times = 1
+    with trio.fail_after(30):
+        image = await prepare_image(source(unique_image, proxy.url), cache, retry=FAST_RETRY)
+    assert (image.rootfs / "etc/unique").stat().st_size == 64 * 1024
+    assert proxy.faults.truncate_times == 0
