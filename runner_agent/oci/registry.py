@@ -200,7 +200,7 @@ class RegistryClient:
                 raise ManifestError(f"{what} at {url} is {declared} bytes; the limit is {MAX_MANIFEST_BYTES}")
             body = bytearray()
             try:
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_MANIFEST_BYTES:
                         raise ManifestError(f"{what} at {url} exceeds {MAX_MANIFEST_BYTES} bytes")
@@ -214,7 +214,9 @@ class RegistryClient:
     async def open_blob(self, digest: str) -> AsyncIterator[httpx.Response]:
         """A streaming 200 response for a blob (redirects followed); closed on exit."""
         what = f"blob {digest}"
-        resp = await self.send("GET", self.url("blobs", digest), what=what)
+        resp = await self.send(
+            "GET", self.url("blobs", digest), what=what, headers={"Accept-Encoding": "identity"}
+        )
         try:
             if resp.status_code != 200:
                 await self._fail_status(resp, what)
