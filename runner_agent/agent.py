@@ -53,7 +53,7 @@ from runner_agent.protocol import (
     decode_server,
     encode,
 )
-from runner_agent.reconnect import AuthRejected, ConnectionLoop, SessionLink
+from runner_agent.reconnect import AGENT_CLOSED, AuthRejected, ConnectionLoop, SessionLink
 from runner_agent.signals import watch_signals
 
 log = logging.getLogger("runner_agent.agent")
@@ -346,6 +346,7 @@ class Agent:
                 await close_channel(ws, self.endpoint.close_timeout, 1000, None)
         finally:
             self._conn = None
+            self._heartbeat_sent.clear()
             # Jobs whose hand-off was queued behind an unsent frame still run (they outlive
             # the connection); the frames themselves die with it.
             conn.send.close()
@@ -366,7 +367,7 @@ class Agent:
                     error = "TCP connection dropped without a Close frame"
                 self._feed(ch.ConnectionClosed(now, code, conn.reason, error))
         if conn.closed_by_us is not None:
-            return f"closed_by_agent:{conn.closed_by_us}"
+            return f"{AGENT_CLOSED}:{conn.closed_by_us}"
         return close_class(conn.code, conn.reason)
 
     def _closed(self, conn: _Connection, exc: WsClosed, nursery: trio.Nursery) -> None:

@@ -34,6 +34,11 @@ from runner_agent.errors import AgentError
 
 log = logging.getLogger("runner_agent.connection")
 
+#: Prefix of a session's end reason when the agent closed the connection itself (ack timeout,
+#: shutdown). The server kept such a connection open until we gave up, which is not Bencher's
+#: "accept, then close at once" rejection, so it never counts towards a suspected auth failure.
+AGENT_CLOSED = "closed_by_agent"
+
 
 class AuthRejected(AgentError):
     """The server rejected our credentials (exit status 3)."""
@@ -94,11 +99,13 @@ class ConnectionLoop:
 
     async def run(self) -> None:
         """Loop until `stop()`; raises `AuthRejected` per the policy in the module docstring."""
+        reason = "start-up"
         while not self._stop.is_set():
             delay = self.backoff.next_delay(trio.current_time())
             if delay > 0:
                 self._on_state("backoff")
-                log.info("reconnecting in %.1f s", delay, extra={"fields": {"delay_s": round(delay, 3)}})
+                log.info("reconnecting in %.1f s (%s)", delay, reason,
+                         extra={"fields": {"delay_s": round(delay, 3), "reason": reason}})
                 with trio.move_on_after(delay):
                     await self._stop.wait()
                 if self._stop.is_set():
@@ -122,6 +129,7 @@ class ConnectionLoop:
         self._on_state("connecting")
         log.debug("connecting to %s", self.endpoint.url)
         link = SessionLink(self.backoff)
+        reason = "connection_lost"
         try:
             async with open_channel(self.endpoint, key) as ws:
                 self.backoff.record_connected(trio.current_time())
@@ -130,6 +138,8 @@ class ConnectionLoop:
                 try:
                     reason = await self._session(ws, link)
                 finally:
+                    if reason.startswith(AGENT_CLOSED):
+                        link.frame()  # the server held the connection open: it accepted us
                     self.backoff.record_disconnected(trio.current_time())
         except ConnectFailure as e:
             if e.kind == "auth":

@@ -123,3 +123,36 @@ async def test_key_is_read_before_every_attempt(autojump_clock: trio.testing.Moc
             await loop.run()
         nursery.cancel_scope.cancel()
     assert [s.split()[1][-1] for s in seen] == ["r", "s", "t"]
+
+
+async def test_connections_the_agent_closes_itself_are_not_auth_suspicion(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hold(request: WebSocketRequest) -> None:
+        ws = await request.accept()  # accepted, but never says a word (acks withheld)
+        try:
+            await ws.get_message()
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, hold, "127.0.0.1", 0, None)
+        config = load_config({"runner": "r1", "host": f"http://127.0.0.1:{server.port}"}, {}, None,
+                             default_config_file=None)
+        backoff = Backoff(BackoffPolicy(), random.Random(0))
+        sessions = 0
+
+        async def give_up_quickly(ws: WebSocketConnection, link: SessionLink) -> str:
+            nonlocal sessions
+            sessions += 1
+            await trio.sleep(0.5)  # our ack timeout
+            if sessions == 6:
+                loop.stop()
+            return "closed_by_agent:no reply to terminal within 0.5s"
+
+        loop = ConnectionLoop(build_endpoint(config), lambda: KEY, give_up_quickly, backoff)
+        with trio.fail_after(3600):
+            await loop.run()
+        nursery.cancel_scope.cancel()
+    assert sessions == 6
+    assert not backoff.auth_suspected
