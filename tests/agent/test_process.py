@@ -126,3 +126,17 @@ def test_plain_ws_to_remote_host_exits_2(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "--insecure" in out.stderr
     assert "q" * 30 not in out.stderr
+
+
+def test_no_working_bwrap_refuses_to_start_with_the_fix(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCHER_", "RUNNER_AGENT_"))}
+    env["BENCHER_RUNNER_KEY"] = "bencher_runner_" + "q" * 30
+    env["PATH"] = str(tmp_path)  # no bwrap on PATH
+    out = subprocess.run(
+        [sys.executable, "-m", "runner_agent", "run", "--host", "http://127.0.0.1:9",
+         "--runner", "r1", "--state-dir", str(tmp_path / "state")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--danger-allow-no-sandbox" in out.stderr
+    assert "sandbox" in out.stderr.lower()
