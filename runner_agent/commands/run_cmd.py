@@ -87,8 +87,6 @@ def run(**params: Any) -> None:
         mode = check_sandbox(options)
     except SandboxUnavailableError as e:
         click.echo(f"error: {e}", err=True)
-        click.echo("(or pass --danger-allow-no-sandbox to run benchmarks on the host without "
-                   "isolation)", err=True)
         sys.exit(EXIT_USAGE)
     if mode == "host":
         log.warning("bubblewrap is not usable: benchmarks run ON THE HOST without isolation "

@@ -63,6 +63,9 @@ async def test_sigterm_mid_job_delivers_the_result_and_exits_0(
     assert h.server.key not in text  # the key never reaches the log
     assert h.server.key not in json.dumps(record.results)  # nor the benchmark's environment
     assert "draining" in text
+    events = [json.loads(line) for line in text.splitlines()]  # --log-format json: one object a line
+    assert {"ts", "level", "logger", "msg"} <= set(events[0])
+    assert any(e.get("outcome") == "completed" and e.get("iterations") == 2 for e in events)
 
 
 async def test_sigkill_with_a_pending_result_then_next_start_delivers_it(
