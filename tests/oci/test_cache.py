@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,41 +110,55 @@ trio.run(main)
 
 
 async def test_two_processes_one_digest(unique_image: RegistryImage, proxy: FaultProxy, tmp_path: Path) -> None:
-    proxy.faults.stall_blobs = True  # hold the first puller mid-download
+    """The first process is held mid-download (holding the create lock); the second starts its
+    pull meanwhile, waits, and reuses the first one's rootfs: every blob is fetched once."""
+    proxy.faults.stall_blobs = True
     args = [sys.executable, "-c", _CHILD, proxy.url, unique_image.repository, unique_image.digest, str(tmp_path / "shared")]
-    outputs: list[bytes] = []
+    outputs: list[list[str]] = []
 
     async def child(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        result = await trio.run_process(args, capture_stdout=True, capture_stderr=True, cwd=REPO_ROOT, check=False)
-        assert result.returncode == 0, result.stderr.decode()
-        outputs.append(result.stdout)
+        proc = await trio.lowlevel.open_process(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        out = b""
+        while b"starting\n" not in out:
+            chunk = await proc.stdout.receive_some()
+            assert chunk, "child exited before starting"
+            out += chunk
+        task_status.started()
+        async for chunk in proc.stdout:
+            out += chunk
+        err = b"".join([c async for c in proc.stderr])
+        assert await proc.wait() == 0, err.decode()
+        outputs.append(out.decode().split())
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(child)
             await trio.to_thread.run_sync(proxy.faults.stalled.wait)
             proxy.faults.stall_blobs = False
-            nursery.start_soon(child)
+            await nursery.start(child)  # the second pull has begun while the first is stalled
             proxy.faults.release.set()
     assert len(outputs) == 2
-    lines = [out.decode().split() for out in outputs]
-    assert lines[0][0] == lines[1][0] == "starting"
-    assert lines[0][1] == lines[1][1]
+    assert outputs[0][0] == outputs[1][0] == "starting"
+    assert outputs[0][1] == outputs[1][1]
     assert_consistent(ImageCache(tmp_path / "shared"))
     assert set(blob_gets(proxy, unique_image).values()) == {1}  # pulled and unpacked once
 
 
-def _tiny_layout(path: Path, size: int) -> str:
-    return build_layout(path, {"data": File(os.urandom(size))}, config=ImageConfig(cmd=("x",)))
+def _tiny_image(path: Path, size: int) -> tuple[LayoutSource, str]:
+    digest = build_layout(path, {"data": File(os.urandom(size))}, config=ImageConfig(cmd=("x",)))
+    return LayoutSource(path, digest), f"sha256-{digest[7:]}"
 
 
 async def test_lru_eviction_spares_images_in_use(tmp_path: Path) -> None:
     ticks = itertools.count()
     cache = ImageCache(tmp_path / "c", max_bytes=700_000, clock=lambda: float(next(ticks)))
-    a = LayoutSource(tmp_path / "a", _tiny_layout(tmp_path / "a", 300_000))
-    b = LayoutSource(tmp_path / "b", _tiny_layout(tmp_path / "b", 300_000))
-    c = LayoutSource(tmp_path / "c-img", _tiny_layout(tmp_path / "c-img", 300_000))
-    d = LayoutSource(tmp_path / "d-img", _tiny_layout(tmp_path / "d-img", 300_000))
+    a, a_key = _tiny_image(tmp_path / "a", 300_000)
+    b, b_key = _tiny_image(tmp_path / "b", 300_000)
+    c, c_key = _tiny_image(tmp_path / "c-img", 300_000)
+    d, d_key = _tiny_image(tmp_path / "d-img", 300_000)
     with trio.fail_after(30):
         image_a = await prepare_image(a, cache)
         image_a.release()
@@ -151,7 +166,7 @@ async def test_lru_eviction_spares_images_in_use(tmp_path: Path) -> None:
         assert not image_a.rootfs.exists()
         assert image_b.rootfs.exists()
         index = cache.index()
-        assert f"sha256-{a.digest[7:]}" not in index
+        assert a_key not in index
         assert sum(e["size"] for e in index.values()) <= 700_000
 
         image_c = await prepare_image(c, cache)  # b is in use: it is spared
@@ -160,7 +175,8 @@ async def test_lru_eviction_spares_images_in_use(tmp_path: Path) -> None:
         image_d = await prepare_image(d, cache)  # now b (least recently used, free) goes
         assert not image_b.rootfs.exists()
         assert image_c.rootfs.exists() and image_d.rootfs.exists()
-        assert f"sha256-{b.digest[7:]}" not in cache.index()
+        assert b_key not in cache.index()
+        assert {c_key, d_key} <= cache.index().keys()
         image_c.release()
         image_d.release()
         assert await cache.evict() == []  # within budget: nothing more to do
