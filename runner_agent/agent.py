@@ -492,7 +492,6 @@ class Agent:
                 await self._go.wait()
             if control.cancel_requested:
                 return self._aborted(job, control)
-            log.info("job %s: benchmark starting (%d iteration(s))", job.uuid, prepared.plan.iterations)
 
             def on_iteration(m: IterationMetrics) -> None:
                 log.info("job %s: iteration %d done: exit %s, wall %.3f s, user %.3f s, sys %.3f s, "
