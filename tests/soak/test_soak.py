@@ -26,6 +26,10 @@ terminal message from the agent; every result holds its own job's marker; no job
 started twice (counted in the agent's own log across all its processes); no ``soakjob-`` process
 is left on the machine; each agent process's RSS did not grow (last quarter vs second quarter of
 its samples, ≤ 16 MiB); the outbox and dead-letter folders end empty; clean exits (0) on SIGTERM.
+Jobs that should succeed must be ``processed``, with two allowed exceptions, both counted in the
+summary: the job the SIGKILLed agent was running (no terminal message ever; the server fails it
+by heartbeat timeout — at most one), and jobs whose connection was cut between ``running`` and
+its ack (the agent must not start them, PROTOCOL.md §9 item 4, and reports them ``failed``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import pytest
 import trio
 
 from runner_agent.devserver import DevServer, DevServerSettings, generate_key
-from runner_agent.devserver.store import JobStatus
+from runner_agent.devserver.store import JobRecord, JobStatus
 from tests.agent.conftest import job_config
 from tests.chaos.agentproc import AgentProcess, agent_command, rss_kib
 from tests.chaos.proxy import ChaosProxy, FaultKind, RandomFaults
@@ -66,6 +70,7 @@ JOBS = int(os.environ.get("SOAK_JOBS", "200"))
 FAULTS = int(os.environ.get("SOAK_FAULTS", "12"))
 BUDGET = float(os.environ.get("SOAK_BUDGET", "900"))
 MAX_GROWTH_KIB = 16 * 1024
+UNCONFIRMED = "connection lost before the server confirmed the job"
 FAULT_WEIGHTS = {
     FaultKind.RESET: 3.0,
     FaultKind.FIN: 2.0,
@@ -73,6 +78,22 @@ FAULT_WEIGHTS = {
     FaultKind.DELAY: 2.0,
     FaultKind.THROTTLE: 2.0,
 }
+
+
+def diagnose(problems: list[str], records: list[JobRecord], agents: list[AgentProcess]) -> str:
+    """History, terminal messages and agent log lines of the first jobs named in ``problems``."""
+    out = ["diagnostics:"]
+    named = [r for r in records if any(str(r.uuid) in p for p in problems)][:5]
+    for record in named:
+        out.append(f"job {record.uuid}: {record.status.value} error={record.error!r}")
+        out += [f"  history: {h.status.value} at {h.at:.3f} ({h.cause})" for h in record.history]
+        out += [f"  terminal: {m.event} via {m.path} -> {m.outcome} at {m.at:.3f}"
+                for m in record.terminal_messages]
+        for index, agent in enumerate(agents):
+            for rec in agent.records():
+                if str(record.uuid) in str(rec.get("msg", "")):
+                    out.append(f"  agent{index} {rec.get('ts')} {str(rec.get('msg'))[:160]}")
+    return "\n".join(out)
 
 
 def finished(server: DevServer) -> int:
@@ -219,7 +240,6 @@ async def test_soak(tmp_path: Path, soak_image: tuple[Path, str]) -> None:
         ("agent RSS KiB first→last per process", [(s[0], s[-1]) if s else None for s in rss]),
         ("agent RSS growth KiB per process", [memory_growth_kib(s) for s in rss]),
     ]
-    print(table(rows, f"soak summary (seed {SEED})"))
 
     # --- invariants ----------------------------------------------------------------------------
     problems: list[str] = []
@@ -231,6 +251,7 @@ async def test_soak(tmp_path: Path, soak_image: tuple[Path, str]) -> None:
         and ": benchmark starting (" in str(rec.get("msg", ""))
     )
     lost_to_kill = 0
+    unconfirmed = 0
     for record in records_list:
         uuid, kind = record.uuid, kinds[record.uuid]
         events = {m.event for m in record.terminal_messages}
@@ -252,7 +273,11 @@ async def test_soak(tmp_path: Path, soak_image: tuple[Path, str]) -> None:
                 problems.append(f"{uuid}: no terminal message yet {record.status.value}")
             continue
         if kind in (Kind.QUICK, Kind.SLOW, Kind.CHATTY) and record.status is not JobStatus.PROCESSED:
-            problems.append(f"{uuid} ({kind.value}): {record.status.value}: {record.error}")
+            if record.status is JobStatus.FAILED and starts[str(uuid)] == 0 \
+                    and events == {"failed"} and UNCONFIRMED in (record.error or ""):
+                unconfirmed += 1  # cut between `running` and its ack: must not run (§9 item 4)
+            else:
+                problems.append(f"{uuid} ({kind.value}): {record.status.value}: {record.error}")
         if kind in (Kind.CANCELED, Kind.TIMEOUT) and record.status is JobStatus.PROCESSED:
             problems.append(f"{uuid} ({kind.value}): processed although it could not finish")
     if lost_to_kill > 1:
@@ -270,4 +295,13 @@ async def test_soak(tmp_path: Path, soak_image: tuple[Path, str]) -> None:
         problems.append(f"outbox not empty: {outbox_left}; dead letters: {dead}")
     if exits.get("sigterm") != 0 or exits.get("final") != 0:
         problems.append(f"SIGTERM exits were not clean: {exits}")
+    rows += [
+        ("jobs failed unstarted (cut before the running ack)", unconfirmed),
+        ("jobs lost with the SIGKILLed agent (server timed them out)", lost_to_kill),
+        ("leftover benchmark processes", len(leftovers)),
+        ("outbox / dead-letter files at the end", f"{len(outbox_left)} / {len(dead)}"),
+    ]
+    print(table(rows, f"soak summary (seed {SEED})"))
+    if problems:
+        print(diagnose(problems, records_list, agents))
     assert not problems, "\n".join(problems)
