@@ -148,7 +148,32 @@ async def open_channel(endpoint: Endpoint, key: str) -> AsyncIterator[WebSocketC
                 raise
             raise _classify(e, endpoint) from None
     if handshake.cancelled_caught and not entered:
+        if endpoint.ssl_context is not None:
+            # trio-websocket does not surface a failed TLS handshake (it waits for the upgrade
+            # until the deadline); find out whether that is what happened, for a useful error.
+            await _diagnose_tls(endpoint)
         raise ConnectFailure("timeout", f"no handshake within {endpoint.connect_timeout:g} s")
+
+
+async def _diagnose_tls(endpoint: Endpoint) -> None:
+    """Raise a ``tls`` `ConnectFailure` if a bare TLS handshake with the server fails verification."""
+    assert endpoint.ssl_context is not None
+    parts = urlsplit(endpoint.url)
+    host, port = parts.hostname or "", parts.port or 443
+    with trio.move_on_after(min(endpoint.connect_timeout, 10.0)):
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=endpoint.ssl_context)
+            try:
+                await stream.do_handshake()
+            finally:
+                await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, OSError) as e:
+            cause = e.__cause__ if e.__cause__ is not None else e
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise ConnectFailure("tls", f"TLS certificate not trusted: {cause.verify_message} "
+                                     "(use --ca-bundle for a private CA)") from None
+            if isinstance(cause, ssl.SSLError):
+                raise ConnectFailure("tls", f"TLS handshake failed: {cause}") from None
 
 
 def _classify(e: Exception, endpoint: Endpoint) -> Exception:
