@@ -86,6 +86,13 @@ def check(
 
     Each line says what was checked, what was found, why it matters for benchmark noise and the
     exact fix.
+
+    \b
+    Examples:
+      runner-agent check
+      runner-agent check --json | jq '.checks[] | select(.status != "ok")'
+      runner-agent check --benchmark-cpus 2-7 --housekeeping-cpus 0-1
+      runner-agent check --restore --state-dir /var/lib/runner-agent   # undo a crashed agent's tuning
     """
     if restore:
         _restore(state_dir, sys_root, proc_root, lock_path, as_json)

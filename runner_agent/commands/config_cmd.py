@@ -87,7 +87,13 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
 
 @click.group("config")
 def config_group() -> None:
-    """Inspect the agent's configuration."""
+    """Inspect the agent's configuration.
+
+    \b
+    Examples:
+      runner-agent config show
+      runner-agent config show --config /etc/runner-agent/config.toml --json
+    """
 
 
 @config_group.command("show")
