@@ -210,3 +210,11 @@ def test_config_show_error_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["config", "show", "--config", str(file)])
     assert result.exit_code == 2
     assert "unknown key 'bogus'" in result.output
+
+
+def test_config_reference_lists_every_setting() -> None:
+    result = CliRunner().invoke(main, ["config", "reference"])
+    assert result.exit_code == 0
+    for setting in SETTINGS:
+        assert f"`{setting.flag}`" in result.output and f"`{setting.env_var}`" in result.output
+    assert "| `poll-timeout` | `--poll-timeout` | `RUNNER_AGENT_POLL_TIMEOUT` | int (1..900) | `55` |" in result.output
