@@ -281,3 +281,19 @@ async def test_drain_finishes_the_job_then_exits(tmp_path: Path, busybox_oci: tu
     assert result == [0]
     assert record.status is JobStatus.PROCESSED
     assert untouched.status is JobStatus.PENDING
+
+
+async def test_third_shutdown_request_exits_at_once_leaving_no_process(
+    tmp_path: Path, busybox_oci: tuple[Path, str]
+) -> None:
+    with trio.fail_after(30):
+        async with harness(tmp_path, busybox_oci) as h:
+            h.submit("sleep 765.4 & sleep 765.5")
+            agent = h.agent()
+            async with h.running(agent) as result:
+                await benchmark_started(h, agent)
+                await h.server.wait_until(lambda: len(_processes_with("765.")) >= 2)
+                for level in (1, 2, 3):
+                    agent.request_shutdown(level)
+    assert result == [1]
+    assert not _processes_with("765.")
