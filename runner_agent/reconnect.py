@@ -147,6 +147,12 @@ class ConnectionLoop:
             log.warning("connect failed (%s): %s", e.kind, e,
                         extra={"fields": {"kind": e.kind, "status": e.status}})
             return f"connect_failed:{e.kind}"
+        except Exception:
+            # Whatever broke this connection (a library error while closing, a bug in a session
+            # task, possibly as an exception group), the agent keeps serving: log it, reconnect.
+            log.exception("connection failed unexpectedly; reconnecting")
+            self._on_state("disconnected")
+            return "protocol_error"
         self._on_state("disconnected")
         return reason
 

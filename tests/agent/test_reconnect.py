@@ -156,3 +156,37 @@ async def test_connections_the_agent_closes_itself_are_not_auth_suspicion(
         nursery.cancel_scope.cancel()
     assert sessions == 6
     assert not backoff.auth_suspected
+
+
+async def test_an_unexpected_session_error_is_logged_and_reconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def accept(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            await ws.get_message()
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, accept, "127.0.0.1", 0, None)
+        config = load_config({"runner": "r1", "host": f"http://127.0.0.1:{server.port}"}, {}, None,
+                             default_config_file=None)
+        reasons: list[str] = []
+        calls = 0
+
+        async def broken(ws: WebSocketConnection, link: SessionLink) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ExceptionGroup("session tasks", [RuntimeError("bug in a session task")])
+            loop.stop()
+            return "closed_by_agent:done"
+
+        loop = ConnectionLoop(build_endpoint(config), lambda: KEY, broken,
+                              Backoff(BackoffPolicy(), random.Random(0)), on_reconnect=reasons.append)
+        with trio.fail_after(600):
+            await loop.run()
+        nursery.cancel_scope.cancel()
+    assert calls == 2
+    assert reasons == ["protocol_error"]
