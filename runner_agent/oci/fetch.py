@@ -280,7 +280,8 @@ async def _pull_and_unpack(
                 )
                 fh.close()
     finally:
-        unpacker.close()
+        with trio.CancelScope(shield=True):  # waits for queued file writes: off the trio thread
+            await trio.to_thread.run_sync(unpacker.close)
         for fh in files:
             if fh is not None:
                 fh.close()
