@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import trio
@@ -49,6 +50,12 @@ async def benchmark_started(h: AgentHarness, agent: Agent) -> None:
     await h.server.wait_until(lambda: agent.channel.job is not None and agent.channel.job.started)
 
 
+def marker() -> str:
+    """A `sleep` duration unique to this test run, to find its processes in /proc (concurrent
+    test runs on one machine must not see each other's)."""
+    return f"{random.randint(100, 999)}.{random.randint(100000, 999999)}"
+
+
 def _processes_with(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -65,7 +72,8 @@ def _processes_with(marker: str) -> list[int]:
 async def test_cancel_in_reply_to_running(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit("sleep 321.123")
+            m = marker()
+            job = h.submit(f"sleep {m}")
             agent = h.agent(exit_after_jobs=1)
             async with h.running(agent) as result:
                 await h.server.wait_for_status(job, {JobStatus.CLAIMED})
@@ -77,7 +85,7 @@ async def test_cancel_in_reply_to_running(tmp_path: Path, busybox_oci: tuple[Pat
     assert record.status is JobStatus.CANCELED
     assert [r.event for r in record.terminal_messages] == ["canceled"]
     assert record.started is None  # never ran: the reply to `running` was `cancel`
-    assert not _processes_with("321.123")
+    assert not _processes_with(m)
 
 
 async def test_cancel_in_reply_to_heartbeat_kills_the_tree(
@@ -85,14 +93,15 @@ async def test_cancel_in_reply_to_heartbeat_kills_the_tree(
 ) -> None:
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit("sleep 654.321 & setsid sleep 654.322 & sleep 654.323")
+            m = marker()
+            job = h.submit(f"sleep {m}1 & setsid sleep {m}2 & sleep {m}3")
             agent = h.agent(exit_after_jobs=1)
             async with h.running(agent) as result:
                 await benchmark_started(h, agent)
-                await h.server.wait_until(lambda: len(_processes_with("654.32")) >= 3)
+                await h.server.wait_until(lambda: len(_processes_with(m)) >= 3)
                 h.server.cancel_job(job)
                 await h.server.wait_until(lambda: bool(h.server.job(job).terminal_messages))
-                tree_after = _processes_with("654.32")
+                tree_after = _processes_with(m)
             record = h.server.job(job)
     assert result == [0]
     assert [r.event for r in record.terminal_messages] == ["canceled"]
@@ -103,13 +112,14 @@ async def test_cancel_in_reply_to_heartbeat_kills_the_tree(
 async def test_job_timeout_fails_the_job(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit("echo started; sleep 111.5", timeout=1)
+            m = marker()
+            job = h.submit(f"echo started; sleep {m}", timeout=1)
             code = await h.agent(exit_after_jobs=1).run()
             record = h.server.job(job)
     assert code == 0
     assert record.status is JobStatus.FAILED
     assert record.error is not None and "timed out after 1 s" in record.error
-    assert not _processes_with("111.5")
+    assert not _processes_with(m)
 
 
 async def test_tcp_drop_mid_job_job_continues_result_delivered_after_reconnect(
@@ -254,7 +264,8 @@ async def test_second_shutdown_request_aborts_the_job_and_reports_failed(
 ) -> None:
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit("sleep 432.1")
+            m = marker()
+            job = h.submit(f"sleep {m}")
             agent = h.agent()
             async with h.running(agent) as result:
                 await benchmark_started(h, agent)
@@ -264,7 +275,7 @@ async def test_second_shutdown_request_aborts_the_job_and_reports_failed(
     assert result == [0]
     assert record.status is JobStatus.FAILED
     assert record.error == "runner shutting down"
-    assert not _processes_with("432.1")
+    assert not _processes_with(m)
 
 
 async def test_drain_finishes_the_job_then_exits(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
@@ -288,12 +299,13 @@ async def test_third_shutdown_request_exits_at_once_leaving_no_process(
 ) -> None:
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            h.submit("sleep 765.4 & sleep 765.5")
+            m = marker()
+            h.submit(f"sleep {m}1 & sleep {m}2")
             agent = h.agent()
             async with h.running(agent) as result:
                 await benchmark_started(h, agent)
-                await h.server.wait_until(lambda: len(_processes_with("765.")) >= 2)
+                await h.server.wait_until(lambda: len(_processes_with(m)) >= 2)
                 for level in (1, 2, 3):
                     agent.request_shutdown(level)
     assert result == [1]
-    assert not _processes_with("765.")
+    assert not _processes_with(m)
