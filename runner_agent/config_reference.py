@@ -17,36 +17,33 @@ END = "<!-- config-reference:end -->"
 
 def _default(setting: Setting) -> str:
     if setting.name in ("state_dir", "cache_dir"):
-        return "see description"
+        return "see below"
     if setting.default is None:
-        return "—"
+        return ""
     if isinstance(setting.default, bool):
-        return "`true`" if setting.default else "`false`"
+        return f"`{str(setting.default).lower()}`"
     return f"`{setting.default}`"
 
 
-def _values(setting: Setting) -> str:
-    if setting.choices:
-        return " \\| ".join(f"`{c}`" for c in setting.choices)
-    bounds = ""
+def _kind(setting: Setting) -> str:
+    kind = "\\|".join(setting.choices) if setting.type == "choice" else setting.type
     if setting.minimum is not None or setting.maximum is not None:
-        lo = "" if setting.minimum is None else f"{setting.minimum:g}"
-        hi = "" if setting.maximum is None else f"{setting.maximum:g}"
-        bounds = f" {lo}..{hi}"
-    return f"{setting.type}{bounds}"
+        low = "" if setting.minimum is None else f"{setting.minimum:g}"
+        high = "" if setting.maximum is None else f"{setting.maximum:g}"
+        kind += f" ({low}..{high})"
+    return kind
 
 
 def markdown_reference() -> str:
-    """One table row per setting: flag, environment variable, TOML key, values, default, meaning."""
+    """One table row per setting: TOML key, flag, environment variable, type, default, meaning."""
     lines = [
-        "| flag | environment | TOML key | values | default | meaning |",
+        "| Key (TOML) | Flag | Environment | Type | Default | Meaning |",
         "|---|---|---|---|---|---|",
     ]
     for s in SETTINGS:
-        help_text = s.help.replace("|", "\\|")
-        lines.append(
-            f"| `{s.flag}` | `{s.env_var}` | `{s.file_key}` | {_values(s)} | {_default(s)} | {help_text} |"
-        )
+        text = s.help.replace("|", "\\|")
+        lines.append(f"| `{s.file_key}` | `{s.flag}` | `{s.env_var}` | {_kind(s)} | "
+                     f"{_default(s)} | {text} |")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from runner_agent.config import SETTINGS, Config, ConfigError, Setting, load_config, redacted
+from runner_agent.config_reference import markdown_reference
 from runner_agent.errors import EXIT_USAGE
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,25 +128,6 @@ def show(as_json: bool, **params: Any) -> None:
         click.echo(f"{key:<{width}}  {value:<{vwidth}}  ({source})")
 
 
-def reference_markdown() -> str:
-    """The configuration reference as a Markdown table, generated from `SETTINGS`."""
-    lines = [
-        "| Key (TOML) | Flag | Environment | Type | Default | Meaning |",
-        "|---|---|---|---|---|---|",
-    ]
-    for setting in SETTINGS:
-        kind = "|".join(setting.choices) if setting.type == "choice" else setting.type
-        if setting.minimum is not None or setting.maximum is not None:
-            low = "" if setting.minimum is None else f"{setting.minimum:g}"
-            high = "" if setting.maximum is None else f"{setting.maximum:g}"
-            kind += f" ({low}..{high})"
-        default = "" if setting.default is None else f"`{str(setting.default).lower() if isinstance(setting.default, bool) else setting.default}`"
-        text = setting.help.replace("|", "\\|")
-        lines.append(f"| `{setting.file_key}` | `{setting.flag}` | `{setting.env_var}` | {kind} | "
-                     f"{default} | {text} |")
-    return "\n".join(lines)
-
-
 @config_group.command("reference")
 def reference() -> None:
     """Print the configuration reference (Markdown), generated from the code.
@@ -157,4 +139,4 @@ def reference() -> None:
     Examples:
       runner-agent config reference > docs/configuration.md
     """
-    click.echo(reference_markdown())
+    click.echo(markdown_reference())
