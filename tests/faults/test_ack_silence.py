@@ -5,17 +5,15 @@ they must not count as "the server closed right after the upgrade without a fram
 answer to a bad key — which would make the agent report a probable authentication failure and
 back off for 5-10 minutes (or exit 3 with ``--exit-on-auth-failure``).
 
-Known bug (see the report of the chaos work): ``runner_agent/reconnect.py`` calls
+Former bug: ``runner_agent/reconnect.py`` called
 ``backoff.record_disconnected`` for every session end, including ``closed_by_agent:*`` ones, and
-``Backoff.record_disconnected`` counts any frame-less connection shorter than ``immediate_close``
-as a silent close. Marked ``xfail(strict=True)`` so the fix turns it into a failure that asks
-for the marker's removal."""
+``Backoff.record_disconnected`` counted any frame-less connection shorter than ``immediate_close``
+as a silent close. Fixed in the reconnect loop (f2c1e9f); this test keeps it fixed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from runner_agent.devserver import DevServer, DevServerSettings
@@ -24,8 +22,6 @@ from tests.agent.conftest import agent_config, job_config, make_agent
 from tests.chaos.probe import AgentProbe
 
 
-@pytest.mark.xfail(strict=True, reason="agent-initiated ack-timeout closes count as silent "
-                   "server closes (runner_agent/reconnect.py, Backoff.record_disconnected)")
 async def test_agent_closes_for_missing_acks_are_not_auth_failures(
     tmp_path: Path, busybox_oci: tuple[Path, str]
 ) -> None:

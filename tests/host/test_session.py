@@ -16,7 +16,8 @@ from tests.host.conftest import FakeHost
 def test_session_restores_crash_leftover_and_lays_out(
     quiet_host: FakeHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    # the package logger itself: other in-process tests may have configured it at WARNING
+    caplog.set_level(logging.INFO, logger="runner_agent")
     state = tmp_path / "state"
     state.mkdir()
     swappiness = quiet_host.proc / "sys/vm/swappiness"
