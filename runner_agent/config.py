@@ -260,6 +260,11 @@ def _convert(setting: Setting, raw: object, source: Source, *, from_text: bool) 
             if not raw.strip():
                 raise ConfigError(f"{where}: expected a path, got an empty string")
             value = Path(raw).expanduser()
+            if not value.is_absolute():
+                # Relative paths mean: relative to the config file that names them, else to the
+                # working directory at start-up. Children (bwrap) run elsewhere, so resolve now.
+                base = Path(source.detail).parent if source.kind == "file" else Path.cwd()
+                value = base / value
         else:
             value = raw.strip()
             if not value:

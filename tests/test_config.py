@@ -218,3 +218,25 @@ def test_config_reference_lists_every_setting() -> None:
     for setting in SETTINGS:
         assert f"`{setting.flag}`" in result.output and f"`{setting.env_var}`" in result.output
     assert "| `poll-timeout` | `--poll-timeout` | `RUNNER_AGENT_POLL_TIMEOUT` | int (1..900) | `55` |" in result.output
+
+
+def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a relative --state-dir must not reach bwrap as a relative path (it runs in another directory)
+    monkeypatch.chdir(tmp_path)
+    config = load_config({"state_dir": "st", "cache_dir": None}, {"RUNNER_AGENT_CACHE_DIR": "ca"},
+                         default_config_file=None)
+    assert config.state_dir == tmp_path / "st"
+    assert config.cache_dir == tmp_path / "ca"
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    file = etc / "config.toml"
+    file.write_text('state-dir = "state"\nmetrics-file = "/var/log/m.jsonl"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config({}, {}, file, default_config_file=None)
+    assert config.state_dir == etc / "state"
+    assert config.metrics_file == Path("/var/log/m.jsonl")
