@@ -753,6 +753,13 @@ class Channel:
         self.shutdown_level = level
         if level == 1:
             self._log(LogLevel.INFO, "draining: no new jobs; finishing the current job and results")
+            if self.polling:
+                # A `ready` cannot be taken back (the server discards text while polling) and
+                # closing now could fail a job claimed in this instant, so wait for the answer.
+                self._log(LogLevel.WARNING,
+                          "draining: waiting for the server's answer to the outstanding poll "
+                          f"(up to {self.config.poll_timeout + self.config.poll_margin:g} s; a job "
+                          "that arrives meanwhile is run); send the signal again to stop now")
         else:
             self._log(LogLevel.WARNING, "shutting down: aborting the current job, then delivering")
             job = self.job

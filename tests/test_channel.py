@@ -541,7 +541,11 @@ def test_job_while_not_polling_is_refused_without_touching_the_current_job() -> 
 def test_drain_while_polling_waits_for_the_answer_then_exits() -> None:
     h = Harness()
     h.connected_polling()
-    assert not of(h.step(Shutdown(h.now, 1)), Exit)
+    effects = h.step(Shutdown(h.now, 1))
+    assert not of(effects, Exit)
+    # the operator is told why the stop waits and how to stop at once
+    waiting = [e for e in of(effects, Log) if "outstanding poll" in e.text]
+    assert waiting and "up to 85 s" in waiting[0].text and "again" in waiting[0].text
     effects = h.frame(NoJob())
     assert sends(effects) == []
     assert of(effects, CloseConnection)
