@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from uuid import UUID
 from attrs import frozen
 
 from runner_agent.errors import AgentError
+from runner_agent.fsutil import TMP_PREFIX, atomic_write, remove_durably
 from runner_agent.protocol import (
     Canceled,
     Completed,
@@ -43,7 +43,6 @@ from runner_agent.protocol import (
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-_TMP_PREFIX = ".tmp-"
 
 
 class OutboxError(AgentError):
@@ -123,13 +122,10 @@ class Outbox:
         known = self._entries.pop(job, None) is not None
         path = self.path_for(job)
         try:
-            path.unlink()
-            self._fsync_dir(self.dir)
-        except FileNotFoundError:
-            return known
+            removed = remove_durably(path)
         except OSError as exc:
             raise OutboxError(f"cannot remove delivered message {path}: {exc}") from exc
-        return True
+        return removed or known
 
     def dead_letter(self, job: UUID, reason: str) -> Path:
         """Move ``job``'s message to the dead-letter folder with ``reason``; returns its new path."""
@@ -157,7 +153,7 @@ class Outbox:
         for path in sorted(self.dir.iterdir()):
             if not path.is_file():
                 continue
-            if path.name.startswith(_TMP_PREFIX):
+            if path.name.startswith(TMP_PREFIX):
                 # left behind by a crash between write and rename: the target is intact
                 log.warning("outbox: removing unfinished temporary file %s", path)
                 path.unlink(missing_ok=True)
@@ -192,32 +188,10 @@ class Outbox:
 
     def _atomic_write(self, target: Path, record: dict[str, Any]) -> None:
         data = json.dumps(record, separators=(",", ":")).encode()
-        tmp_name: str | None = None
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._rename(tmp_name, str(target))
-            tmp_name = None
-            self._fsync_dir(target.parent)
+            atomic_write(target, data, mode=0o600, replace=self._rename)
         except OSError as exc:
             raise OutboxError(f"cannot write {target}: {exc}") from exc
-        finally:
-            if tmp_name is not None:
-                try:
-                    os.unlink(tmp_name)
-                except OSError:
-                    log.warning("outbox: could not remove temporary file %s", tmp_name)
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _read(path: Path) -> OutboxEntry:

@@ -22,12 +22,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from attrs import field, frozen
 
 from runner_agent.errors import AgentError
+from runner_agent.fsutil import atomic_write
 
 UNIT_NAME = "runner-agent"
 DEFAULT_UNIT_PATH = Path("/etc/systemd/system/runner-agent.service")
@@ -193,33 +193,17 @@ def systemctl_commands() -> list[str]:
 
 
 def _write_atomically(path: Path, text: str, mode: int, *, replace: bool) -> None:
-    """Write via a temp file created 0600 in the same folder, chmod, fsync, then rename/link.
+    """Write durably via a temp file created 0600 in the same folder (see :func:`atomic_write`).
 
     ``replace=False`` links the new file into place, which fails if ``path`` exists (no race).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+        atomic_write(path, text, mode=mode, exclusive=not replace)
+    except FileExistsError:
         if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ServiceError(f"{path} already exists; pass --force to overwrite it") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            raise
+        raise ServiceError(f"{path} already exists; pass --force to overwrite it") from None
 
 
 def install(files: ServiceFiles, *, force: bool = False) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
@@ -25,22 +24,12 @@ import trio
 
 from runner_agent.devserver.jobs import parse_submission
 from runner_agent.devserver.store import JobRecord, record_to_json
+from runner_agent.fsutil import atomic_write
 from runner_agent.protocol import JobConfig, ProtocolError, Spec
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[JobConfig, "Spec | None", "int | None"], UUID]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Spool:
@@ -86,7 +75,12 @@ class Spool:
         """Mirror one record to ``jobs/<uuid>.json``; a write error is logged, never fatal."""
         document = record_to_json(record)
         try:
-            _atomic_write(self.jobs / f"{record.uuid}.json", json.dumps(document, indent=1) + "\n")
+            atomic_write(
+                self.jobs / f"{record.uuid}.json",
+                json.dumps(document, indent=1) + "\n",
+                mode=0o600,
+                durable=False,
+            )
         except OSError as error:
             log.error("spool: cannot write job %s: %s", record.uuid, error)
 

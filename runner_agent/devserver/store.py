@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from uuid import UUID
 
 import cattrs
 from attrs import evolve, field, frozen
+
+from runner_agent.fsutil import atomic_write
 
 JsonObject = dict[str, Any]
 
@@ -171,18 +171,8 @@ class JobStore:
         if self.persist_path is None:
             return
         document = {"version": 1, "jobs": [record_to_json(r) for r in self.all()]}
-        directory = self.persist_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".jobs-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.persist_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.persist_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.persist_path, json.dumps(document, indent=1), mode=0o600)
 
     def _put(self, record: JobRecord) -> JobRecord:
         self._jobs[record.uuid] = record

@@ -22,10 +22,11 @@ from typing import Any
 
 from attrs import frozen
 
+from runner_agent.fsutil import remove_durably
 from runner_agent.host.knobs import IRQ_STEERING, KNOB_NAMES, KNOBS, Setting, kernel_work_settings
 from runner_agent.host.layout import CpuLayout
 from runner_agent.host.lock import DEFAULT_LOCK_PATH, HostLock
-from runner_agent.host.statefile import remove_durably, write_json_atomic
+from runner_agent.host.statefile import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import trio
 from attrs import asdict, frozen
 
 from runner_agent.errors import ImageError
+from runner_agent.fsutil import atomic_write
 from runner_agent.oci.digest import Digest, DigestVerifier
 from runner_agent.oci.errors import TruncatedBlobError
 from runner_agent.oci.image import ImageConfig
@@ -182,9 +183,7 @@ class ImageCache:
             except (FileNotFoundError, ValueError):
                 index = {}
             update(index)
-            tmp = self._new_tmp("index")
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(index), durable=False, tmp=self._new_tmp("index"))
             return index
         finally:
             os.close(fd)
