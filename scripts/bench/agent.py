@@ -4,14 +4,16 @@ The dev server runs in this process; the agent is a real `runner-agent run` subp
 mode, default heartbeat interval 1 s), so its CPU time and memory are its own. Latencies are taken
 from the dev server's frame log (trio clock, loopback):
 
-1. ``job`` frame → ``running`` frame (p50/p99 over the trivial jobs);
+1. ``job`` frame → ``running`` frame (p50/p99 over the trivial jobs back to back, and over jobs
+   submitted one at a time once the previous one's sandbox is gone);
 2. trivial-job throughput (``/bin/true`` in the sandbox, 1 iteration) vs spawning the same command
    in a plain loop on the host and through bubblewrap;
 3. ``cancel`` frame → ``canceled`` frame (a SIGTERM-obeying ``sleep``);
 4. the agent's own CPU time per second of a quiet running job (heartbeats + draining);
 5. the agent's idle RSS (connected, polling).
 
-Usage: .venv/bin/python scripts/bench/agent.py [--jobs 100] [--cancels 20] [--quiet-seconds 10]
+Usage: .venv/bin/python scripts/bench/agent.py [--jobs 100] [--spaced 30] [--cancels 20]
+       [--quiet-seconds 10] [-- extra runner-agent run flags]
 """
 
 from __future__ import annotations
@@ -145,6 +147,17 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 results["job_to_running_p99_ms"] = percentile(lat, 0.99) * 1000
                 results["job_to_running_n"] = len(lat)
 
+                # 1b. the same with each job submitted 0.3 s after the previous one finished, so
+                # the previous sandbox's teardown (kernel namespace clean-up on the other core) is over
+                before = len(server.frames)
+                for _ in range(args.spaced):
+                    spaced = bench.submit("true")
+                    await bench.wait_done([spaced])
+                    await trio.sleep(0.3)
+                lat = delays(list(server.frames)[before:], "job", "out", "running")
+                results["spaced_job_to_running_p50_ms"] = percentile(lat, 0.5) * 1000
+                results["spaced_job_to_running_p99_ms"] = percentile(lat, 0.99) * 1000
+
                 # 3. cancel → canceled
                 for _ in range(args.cancels):
                     job = bench.submit("sleep 1000")
@@ -211,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--cancels", type=int, default=20)
+    parser.add_argument("--spaced", type=int, default=30)
     parser.add_argument("--quiet-seconds", type=float, default=10.0)
     parser.add_argument("agent_args", nargs="*", help="extra `runner-agent run` flags (after --)")
     args = parser.parse_args()
