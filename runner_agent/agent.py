@@ -325,11 +325,12 @@ class Agent:
             self._stat("connected", time.time())
 
     def _on_reconnect(self, reason: str) -> None:
-        cls = reason.split(":", 1)[0]
+        kind = reason.split(":", 1)[0]
+        cls = kind
         if reason == "connect_failed:auth" or self.backoff.auth_suspected:
             cls = "auth_rejected"
         self._stat("reconnect", cls)
-        if cls in ("connect_failed", "key_unreadable") or reason == "connect_failed:auth":
+        if kind in ("connect_failed", "key_unreadable"):
             # The attempt failed before a connection existed (connect error, unreadable key).
             self._feed(ch.ConnectFailed(trio.current_time(), reason))
 
