@@ -8,11 +8,11 @@ through :mod:`runner_agent.protocol` on the way in), so records persist as plain
 from __future__ import annotations
 
 import json
-import platform
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid5
 
+from runner_agent.execute.plan import host_arch
 from runner_agent.protocol import (
     Architecture,
     ClaimedJob,
@@ -34,8 +34,11 @@ _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def local_architecture() -> Architecture:
-    machine = platform.machine().lower()
-    return Architecture.AARCH64 if machine in ("aarch64", "arm64") else Architecture.X86_64
+    """This machine's architecture (``x86_64`` when Bencher has no name for it)."""
+    try:
+        return Architecture(host_arch())
+    except ValueError:
+        return Architecture.X86_64
 
 
 def default_spec(sandbox: Sandbox | None = Sandbox.FIRECRACKER) -> Spec:
