@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -322,7 +321,7 @@ class Agent:
     def _on_conn_state(self, state: str) -> None:
         self._stat("connection_state", state)
         if state == "connected":
-            self._stat("connected", time.time())
+            self._stat("connected")
 
     def _on_reconnect(self, reason: str) -> None:
         kind = reason.split(":", 1)[0]
@@ -389,7 +388,7 @@ class Agent:
                 return
             link.frame()
             now = trio.current_time()
-            self._stat("contact", time.time())
+            self._stat("contact")
             if isinstance(data, bytes):
                 log.warning("ignoring a binary frame from the server (%d bytes)", len(data))
                 continue
