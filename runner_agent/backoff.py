@@ -28,6 +28,8 @@ from collections import deque
 
 from attrs import field, frozen
 
+from runner_agent.validators import positive
+
 
 @frozen
 class RateLimit:
@@ -45,10 +47,7 @@ BENCHER_CLOUD_LIMITS: tuple[RateLimit, ...] = (
 )
 
 
-def _positive(_instance: object, attribute: object, value: float) -> None:
-    if not value > 0:
-        name = getattr(attribute, "name", "value")
-        raise ValueError(f"backoff {name} must be > 0, got {value!r}")
+_positive = positive("backoff")
 
 
 @frozen

@@ -92,14 +92,13 @@ from runner_agent.protocol import (
     parse_close_reason,
     terminal_job,
 )
+from runner_agent.validators import positive
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
 
 
-def _positive(_instance: object, attribute: object, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"channel {getattr(attribute, 'name', 'value')} must be > 0, got {value!r}")
+_positive = positive("channel")
 
 
 def _poll_timeout(_instance: object, _attribute: object, value: int) -> None:
