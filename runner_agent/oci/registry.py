@@ -245,10 +245,7 @@ class RegistryClient:
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         )
-        await resp.aread()
-        await resp.aclose()
-        if resp.status_code != 201:
-            raise ImageError(f"{what}: registry answered HTTP {resp.status_code}: {resp.text[:200]!r}")
+        await _expect_created(resp, what)
 
     async def put_manifest(self, reference: str, body: bytes, media_type: str) -> None:
         what = f"upload of manifest {reference}"
@@ -259,10 +256,15 @@ class RegistryClient:
             content=body,
             headers={"Content-Type": media_type},
         )
-        await resp.aread()
-        await resp.aclose()
-        if resp.status_code != 201:
-            raise ImageError(f"{what}: registry answered HTTP {resp.status_code}: {resp.text[:200]!r}")
+        await _expect_created(resp, what)
+
+
+async def _expect_created(resp: httpx.Response, what: str) -> None:
+    """Read and close an upload's response; anything but 201 Created is an :class:`ImageError`."""
+    await resp.aread()
+    await resp.aclose()
+    if resp.status_code != 201:
+        raise ImageError(f"{what}: registry answered HTTP {resp.status_code}: {resp.text[:200]!r}")
 
 
 def response_length(resp: httpx.Response) -> int | None:
