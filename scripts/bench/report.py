@@ -311,9 +311,18 @@ def draw_chart(table: Table, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def demote(markdown: str) -> str:
-    """Push a results .md's headings one level down so they nest under the area heading."""
-    return re.sub(r"(?m)^(#{1,5}) ", r"#\1 ", markdown.strip())
+def nest(markdown: str, level: int) -> str:
+    """Shift a results .md's headings so its top-level heading sits at ``level``."""
+    text = markdown.strip()
+    levels = [len(m.group(1)) for m in re.finditer(r"(?m)^(#{1,6}) ", text)]
+    if not levels:
+        return text
+    shift = level - min(levels)
+    return re.sub(r"(?m)^(#{1,6}) ", lambda m: "#" * min(6, max(1, len(m.group(1)) + shift)) + " ", text)
+
+
+def _starts_with_heading(markdown: str | None) -> bool:
+    return markdown is not None and markdown.lstrip().startswith("#")
 
 
 def render(areas: Sequence[AreaResults], bench_dir: Path, runs: Sequence[dict[str, Any]],
@@ -334,8 +343,9 @@ def render(areas: Sequence[AreaResults], bench_dir: Path, runs: Sequence[dict[st
         out += [f"| `{r['script']}` | {r['status']} | {r['seconds']:.0f} |" for r in runs]
         out.append("")
     for area in areas:
-        out.append(f"## {area.title}")
-        out.append("")
+        own_heading = _starts_with_heading(area.markdown) and not area.tables and not area.errors
+        if not own_heading:  # a .md-only area brings its own heading
+            out += [f"## {area.title}", ""]
         for error in area.errors:
             out += [f"> **Results problem:** {error}", ""]
         if area.description:
@@ -354,7 +364,7 @@ def render(areas: Sequence[AreaResults], bench_dir: Path, runs: Sequence[dict[st
             if area.tables or area.errors:
                 out.append(f"From `results-{area.area}.md`:")
                 out.append("")
-            out += [demote(area.markdown), ""]
+            out += [nest(area.markdown, 2 if own_heading else 3), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -68,7 +68,7 @@ def test_readme_and_charts(report: ModuleType, tmp_path: Path) -> None:
     assert "![latency](charts/demo-area-latency.png)" not in readme  # chart named by area stem
     assert "![latency](charts/demo-latency.png)" in readme
     assert (tmp_path / "charts" / "demo-latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "### Old figures" in readme  # .md included, headings nested one level down
+    assert "\n## Old figures\n" in readme  # a .md-only area brings its own top heading
     assert "results-bad.json: tables[0].rows[0]: a row needs 'samples' or 'median'" in readme
     assert "no results-missing.json or results-missing.md" in readme
 
