@@ -325,6 +325,35 @@ def _starts_with_heading(markdown: str | None) -> bool:
     return markdown is not None and markdown.lstrip().startswith("#")
 
 
+LOG_TAIL_LINES = 80
+FENCE = "`" * 3
+
+
+def run_output(area: str, runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The tail of this area's benchmark output from this run_all run, folded away."""
+    for run in runs:
+        if run.get("script") != f"{area}.py" or not run.get("log"):
+            continue
+        try:
+            lines = Path(str(run["log"])).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as error:
+            return [f"> Output of `{area}.py` unreadable: {error}", ""]
+        tail = "\n".join(lines[-LOG_TAIL_LINES:]).replace(FENCE, "' ' '")
+        return [
+            "<details>",
+            f"<summary>Output of <code>{area}.py</code> in this run ({run.get('status')}, "
+            f"{float(run.get('seconds', 0)):.0f} s; last {LOG_TAIL_LINES} lines)</summary>",
+            "",
+            FENCE,
+            tail,
+            FENCE,
+            "",
+            "</details>",
+            "",
+        ]
+    return []
+
+
 def render(areas: Sequence[AreaResults], bench_dir: Path, runs: Sequence[dict[str, Any]],
            charts: bool = True) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -365,13 +394,14 @@ def render(areas: Sequence[AreaResults], bench_dir: Path, runs: Sequence[dict[st
                 out.append(f"From `results-{area.area}.md`:")
                 out.append("")
             out += [nest(area.markdown, 2 if own_heading else 3), ""]
+        out += run_output(area.area, runs)
     return "\n".join(out).rstrip() + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write scripts/bench/README.md from results files.")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR)
-    parser.add_argument("--runs", type=Path, help="JSON list of {script, status, seconds} from run_all")
+    parser.add_argument("--runs", type=Path, help="JSON list of {script, status, seconds, log}")
     parser.add_argument("--no-charts", action="store_true")
     args = parser.parse_args(argv)
     bench_dir: Path = args.bench_dir

@@ -60,8 +60,16 @@ def test_readme_and_charts(report: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "results-bad.json").write_text('{"tables": [{"name": "x", "rows": [{"name": "a"}]}]}')
     (tmp_path / "demo.py").write_text("")
     (tmp_path / "missing.py").write_text("")
-    assert report.main(["--bench-dir", str(tmp_path)]) == 0
+    log = tmp_path / "demo.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps([{"script": "demo.py", "status": "ok", "seconds": 12, "log": str(log)},
+                                {"script": "missing.py", "status": "failed (exit 1)", "seconds": 3}]))
+    assert report.main(["--bench-dir", str(tmp_path), "--runs", str(runs)]) == 0
     readme = (tmp_path / "README.md").read_text()
+    assert "| `demo.py` | ok | 12 |" in readme and "| `missing.py` | failed (exit 1) | 3 |" in readme
+    assert "<summary>Output of <code>demo.py</code> in this run (ok, 12 s; last 80 lines)" in readme
+    assert "line 99" in readme and "line 20\n" in readme and "line 19\n" not in readme
     assert "| agent | 3.00 | 100 | 5 | 1.50x |" in readme
     assert "| plain | 2.00 | 3.00 | 5 | baseline |" in readme
     assert "Target: agent median <= 2.50 ms — **missed**." in readme
