@@ -58,28 +58,20 @@ def test_secret_mode_replacing_a_readable_file(tmp_path: Path) -> None:
     assert target.read_text() == "SECRET=1\n"
 
 
-def test_failed_rename_keeps_old_file_and_removes_temp(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "failure", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["enospc", "interrupt"]
+)
+def test_failure_between_write_and_rename_keeps_old_file_and_removes_temp(
+    tmp_path: Path, failure: BaseException
+) -> None:
     target = tmp_path / "f"
     atomic_write(target, b"old")
 
-    def disk_full(_src: str, _dst: str) -> None:
-        raise OSError(28, "No space left on device")
+    def failing_replace(_src: str, _dst: str) -> None:
+        raise failure
 
-    with pytest.raises(OSError, match="No space left"):
-        atomic_write(target, b"new", replace=disk_full)
-    assert target.read_bytes() == b"old"
-    assert _names(tmp_path) == ["f"]
-
-
-def test_interrupt_between_write_and_rename_removes_temp(tmp_path: Path) -> None:
-    target = tmp_path / "f"
-    atomic_write(target, b"old")
-
-    def interrupted(_src: str, _dst: str) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, b"new", replace=interrupted)
+    with pytest.raises(type(failure)):
+        atomic_write(target, b"new", replace=failing_replace)
     assert target.read_bytes() == b"old"
     assert _names(tmp_path) == ["f"]
 
