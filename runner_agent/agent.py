@@ -43,10 +43,13 @@ from runner_agent.jobrunner import JobRunner, PreparedJob
 from runner_agent.logging_setup import add_secret
 from runner_agent.outbox import Outbox, OutboxError
 from runner_agent.protocol import (
+    Ack,
+    Cancel,
     Canceled,
     ClaimedJob,
     Completed,
     Failed,
+    Heartbeat,
     ProtocolError,
     TerminalMessage,
     decode_server,
@@ -280,7 +283,7 @@ class Agent:
         if conn is None:
             log.warning("no connection to send %s on", type(effect.message).__name__)
             return
-        if type(effect.message).__name__ == "Heartbeat":
+        if isinstance(effect.message, Heartbeat):
             self._heartbeat_sent.append(trio.current_time())
         conn.send.send_nowait(effect)
 
@@ -421,12 +424,15 @@ class Agent:
         self._feed(ch.PongReceived(trio.current_time()))
 
     def _observe_reply(self, message: object, now: float) -> None:
-        """Heartbeat round-trip for the metrics (the channel does the real correlation)."""
+        """Heartbeat round-trip for the metrics (the channel does the real correlation): the
+        reply at the head of the channel's FIFO answers the oldest heartbeat still unanswered."""
+        if not isinstance(message, Ack | Cancel):
+            return
         head = self.channel.fifo[0] if self.channel.fifo else None
         if head is not None and head.kind is ch.ReplyTo.HEARTBEAT and self._heartbeat_sent:
             self._stat("heartbeat_rtt", max(0.0, now - self._heartbeat_sent.pop(0)))
-        elif head is None:
-            self._heartbeat_sent.clear()
+        if isinstance(message, Cancel) or head is None:
+            self._heartbeat_sent.clear()  # the server answers no earlier heartbeat any more
 
     # -- the job executor ----------------------------------------------------------------------------
 

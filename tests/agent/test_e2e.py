@@ -16,11 +16,25 @@ BMF = '{"bench":{"latency":{"value":1.5}}}'
 DONE = {JobStatus.PROCESSED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.COMPLETED}
 
 
+class StatsRecorder:
+    """Records what the driver reports to its stats object (the telemetry seam)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: self.calls.append((name, args))
+
+    def args(self, name: str) -> list[tuple[object, ...]]:
+        return [a for n, a in self.calls if n == name]
+
+
 async def test_happy_path_with_iterations(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
+    stats = StatsRecorder()
     with trio.fail_after(30):
         async with harness(tmp_path, busybox_oci) as h:
-            job = h.submit(f"echo '{BMF}'", iterations=3)
-            agent = h.agent(exit_after_jobs=1)
+            job = h.submit(f"sleep 0.1; echo '{BMF}'", iterations=3)
+            agent = h.agent({"stats": stats}, exit_after_jobs=1)
             code = await agent.run()
             record = h.server.job(job)
     assert code == 0
@@ -29,6 +43,11 @@ async def test_happy_path_with_iterations(tmp_path: Path, busybox_oci: tuple[Pat
     assert all(json.loads(r["stdout"]) == json.loads(BMF) for r in record.results)
     assert [r.event for r in record.terminal_messages] == ["completed"]
     assert agent.outbox.depth == 0
+    assert stats.args("job_started") == [(str(job),)]
+    assert [a[0] for a in stats.args("job_finished")] == ["completed"]
+    rtts = [a[0] for a in stats.args("heartbeat_rtt")]
+    assert rtts and all(0 <= float(rtt) < 1 for rtt in rtts)  # type: ignore[arg-type]
+    assert stats.args("connected") and stats.args("contact")
 
 
 async def test_two_jobs_on_one_connection(tmp_path: Path, busybox_oci: tuple[Path, str]) -> None:
