@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import attrs
+import trio
 from attrs import frozen
 
 from runner_agent.errors import JobError
@@ -106,7 +107,8 @@ class OciJobRunner:
                 options = attrs.evolve(options, placement=placed.placement)
             plan = build_plan(job, image, options)
         except BaseException:
-            await self.release(PreparedJob(job, None, image, placed))  # type: ignore[arg-type]
+            with trio.CancelScope(shield=True):
+                await self.release(PreparedJob(job, None, image, placed))  # type: ignore[arg-type]
             raise
         return PreparedJob(job, plan, image, placed)
 

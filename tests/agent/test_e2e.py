@@ -10,7 +10,7 @@ import trio
 
 from runner_agent.agent import Agent
 from runner_agent.devserver.store import JobStatus
-from tests.agent.conftest import AgentHarness, harness
+from tests.agent.conftest import AgentHarness, harness, job_config
 
 BMF = '{"bench":{"latency":{"value":1.5}}}'
 DONE = {JobStatus.PROCESSED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.COMPLETED}
@@ -328,3 +328,19 @@ async def test_third_shutdown_request_exits_at_once_leaving_no_process(
                     agent.request_shutdown(level)
     assert result == [1]
     assert not _processes_with(m)
+
+
+async def test_image_that_cannot_be_prepared_fails_the_job_readably(
+    tmp_path: Path, busybox_oci: tuple[Path, str]
+) -> None:
+    missing = "sha256:" + "0" * 64
+    with trio.fail_after(30):
+        async with harness(tmp_path, busybox_oci) as h:
+            bad_digest = h.server.submit_job(job_config((busybox_oci[0], missing), "true"))
+            no_layout = h.server.submit_job(job_config((tmp_path / "nowhere", busybox_oci[1]), "true"))
+            code = await h.agent(exit_after_jobs=2).run()
+            records = [h.server.job(bad_digest), h.server.job(no_layout)]
+    assert code == 0
+    assert [r.status for r in records] == [JobStatus.FAILED, JobStatus.FAILED]
+    assert records[0].error is not None and "0" * 64 in records[0].error
+    assert records[1].error is not None and "nowhere" in records[1].error
