@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from uuid import uuid4
 
 import trio
 
 from runner_agent.agent import Agent
 from runner_agent.devserver.store import JobStatus
 from tests.agent.conftest import AgentHarness, harness, job_config
+from tests.support.registry import RegistryServer
 
 BMF = '{"bench":{"latency":{"value":1.5}}}'
 DONE = {JobStatus.PROCESSED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.COMPLETED}
@@ -344,3 +346,24 @@ async def test_image_that_cannot_be_prepared_fails_the_job_readably(
     assert [r.status for r in records] == [JobStatus.FAILED, JobStatus.FAILED]
     assert records[0].error is not None and "0" * 64 in records[0].error
     assert records[1].error is not None and "nowhere" in records[1].error
+
+
+async def test_image_pulled_from_a_real_registry_by_project_and_digest(
+    tmp_path: Path, busybox_oci: tuple[Path, str], registry: RegistryServer
+) -> None:
+    from runner_agent.protocol import JobConfig
+    from tests.support.images import push_busybox
+
+    project = uuid4()
+    with trio.fail_after(60):
+        image = await push_busybox(registry.url, str(project), tmp_path)
+        async with harness(tmp_path, busybox_oci) as h:
+            job = h.server.submit_job(JobConfig(
+                registry=registry.url + "/", project=project, digest=image.digest,
+                entrypoint=("/bin/sh", "-c"), cmd=(f"echo '{BMF}'",), timeout=60, iter=2,
+            ))
+            code = await h.agent(exit_after_jobs=1).run()
+            record = h.server.job(job)
+    assert code == 0
+    assert record.status is JobStatus.PROCESSED, record.error
+    assert record.results is not None and len(record.results) == 2
