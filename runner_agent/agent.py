@@ -17,8 +17,10 @@ the channel and performs every effect in order before returning, so a `PersistMe
 before the `Send` that follows it is queued. Nothing here awaits while holding channel state.
 
 Exit statuses (`runner_agent.errors`): 0 after a drain or abort-and-deliver shutdown and after
-``--exit-after-jobs``; 1 on a third signal (results may be left in the outbox for the next start)
-or an internal failure; 3 when the server rejected the key (`runner_agent.reconnect.AuthRejected`).
+``--exit-after-jobs``; 1 on a third signal, when a second signal's result could not be delivered
+within the kill ladder + ``abort_delivery_grace`` (30 s), or on an internal failure (undelivered
+results stay in the outbox for the next start); 3 when the server rejected the key
+(`runner_agent.reconnect.AuthRejected`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class Agent:
         handle_signals: bool = True,
         stats: Any = None,
         on_iteration: Callable[[PreparedJob, IterationMetrics], None] | None = None,
+        abort_delivery_grace: float = 30.0,
     ) -> None:
         self.config = config
         self.runner = runner
@@ -145,6 +148,8 @@ class Agent:
         self._abort_requested_at: float | None = None
         self._heartbeat_sent: list[float] = []
         self.signal_level = 0
+        self.abort_delivery_grace = abort_delivery_grace
+        self._aborting = trio.Event()
 
     # -- the root nursery --------------------------------------------------------------------------
 
@@ -166,6 +171,7 @@ class Agent:
                 if self.handle_signals:
                     await root.start(watch_signals, self._on_signal)
                 root.start_soon(self._timer_task)
+                root.start_soon(self._abort_watchdog)
                 root.start_soon(self._job_task)
                 root.start_soon(self._connection_task)
                 self._feed(ch.Started(trio.current_time(), tuple(pending)))
@@ -543,6 +549,7 @@ class Agent:
             self._feed(ch.Shutdown(trio.current_time(), 1))
         elif level == 2:
             log.warning("%s again: aborting the current job, reporting it failed, then exiting", name)
+            self._aborting.set()
             self._feed(ch.Shutdown(trio.current_time(), 2))
         else:
             log.error("%s a third time: exiting now; undelivered results stay in %s for the next "
@@ -550,6 +557,19 @@ class Agent:
             if self._control is not None:
                 self._control.request_cancel("runner exiting immediately", outcome="failed")
             self._finish(EXIT_FAILURE)
+
+    async def _abort_watchdog(self) -> None:
+        """After a second signal, deliver if possible: give up after the kill ladder plus
+        ``abort_delivery_grace`` seconds, leaving what is undelivered in the outbox (exit 1)."""
+        await self._aborting.wait()
+        with trio.move_on_after(self.config.kill_grace + self.abort_delivery_grace):
+            await self._done.wait()
+            return
+        left = len(self.channel.pending) + (1 if self.channel.job is not None else 0)
+        log.error("could not deliver %d result(s) within %.0f s of the abort; they stay in %s for "
+                  "the next start", left, self.abort_delivery_grace, self.outbox.dir)
+        self._flush_outbox_memory()
+        self._finish(EXIT_FAILURE)
 
     # -- telemetry -----------------------------------------------------------------------------------
 

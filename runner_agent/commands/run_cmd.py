@@ -51,7 +51,8 @@ def run(**params: Any) -> None:
     disconnects, server restarts and its own restarts (undelivered results wait in --state-dir).
 
     Signals: the first SIGTERM/SIGINT drains (finish the job, deliver, exit 0); a second aborts the
-    job and reports it failed; a third exits at once.
+    job and reports it failed (exit 0 once delivered; 1 if that is impossible within 30 s — the
+    result then waits in --state-dir); a third exits at once (1).
 
     Exit status: 0 clean shutdown, 1 runtime failure, 2 usage or configuration error,
     3 authentication rejected (HTTP 401/403; with --exit-on-auth-failure also repeated silent
@@ -100,7 +101,7 @@ def run(**params: Any) -> None:
 
 def _serve(config: Config, endpoint: Any, outbox: Outbox, options: ExecOptions) -> int:
     from runner_agent.host.layout import LayoutError
-    from runner_agent.host.metrics import IterationRecord
+    from runner_agent.host.metrics import iteration_record
     from runner_agent.host.session import host_session
     from runner_agent.oci.cache import ImageCache
     from runner_agent.telemetry import AgentStats
@@ -111,6 +112,7 @@ def _serve(config: Config, endpoint: Any, outbox: Outbox, options: ExecOptions) 
                 state_dir=config.state_dir,
                 cache_dir=config.cache_dir,
                 tune=config.tune,
+                tune_skip=config.tune_skip_names,
                 benchmark_cpus=config.benchmark_cpus,
                 housekeeping_cpus=config.housekeeping_cpus,
                 metrics_file=config.metrics_file,
@@ -127,17 +129,11 @@ def _serve(config: Config, endpoint: Any, outbox: Outbox, options: ExecOptions) 
         def on_iteration(prepared: PreparedJob, m: IterationMetrics) -> None:
             if host.metrics is None:
                 return
-            host.metrics.append(IterationRecord(
-                job=str(prepared.job.uuid),
-                iteration=m.iteration,
-                wall=m.wall_s,
-                user=m.user_s,
-                sys=m.sys_s,
-                peak_rss=m.max_rss_kb * 1024,
-                exit=m.exit_code if m.exit_code is not None else (-(m.signal or 0) or None),
-                cpus=prepared.plan.cpus,
-                tuning=host.tuning_state(),
-                timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            placed = prepared.placed  # host.placement.PlacedJob: its cgroup gives the job's usage
+            host.metrics.append(iteration_record(
+                str(prepared.job.uuid), m, prepared.plan.cpus,
+                placed.cgroup if placed is not None else None,
+                host.tuning_state(), datetime.now(UTC),
             ))
 
         agent = Agent(config, runner, outbox, endpoint=endpoint, stats=stats,

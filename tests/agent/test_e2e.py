@@ -367,3 +367,24 @@ async def test_image_pulled_from_a_real_registry_by_project_and_digest(
     assert code == 0
     assert record.status is JobStatus.PROCESSED, record.error
     assert record.results is not None and len(record.results) == 2
+
+
+async def test_abort_with_no_way_to_deliver_exits_1_and_keeps_the_result(
+    tmp_path: Path, busybox_oci: tuple[Path, str]
+) -> None:
+    with trio.fail_after(30):
+        async with harness(tmp_path, busybox_oci) as h:
+            m = marker()
+            job = h.submit(f"sleep {m}")
+            agent = h.agent({"abort_delivery_grace": 1.0}, ack_timeout=5.0)
+            async with h.running(agent) as result:
+                await benchmark_started(h, agent)
+                h.server.faults.pause_acks()  # nothing will be acknowledged any more
+                agent.request_shutdown(1)
+                agent.request_shutdown(2)
+            stored = list((h.state_dir / "outbox").glob("*.json"))
+    assert result == [1]
+    assert [p.name for p in stored] == [f"{job}.json"]
+    message = json.loads(json.loads(stored[0].read_text())["message"])
+    assert (message["event"], message["error"]) == ("failed", "runner shutting down")
+    assert not _processes_with(m)
