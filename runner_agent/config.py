@@ -35,6 +35,7 @@ import platformdirs
 from attrs import field, frozen
 
 from runner_agent.errors import AgentError
+from runner_agent.host.tuning import TUNABLE_NAMES
 
 APP_NAME = "runner-agent"
 DEFAULT_CONFIG_FILE = Path("/etc/runner-agent/config.toml")
@@ -130,6 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("housekeeping_cpus", "str", "CPU list for the agent itself, e.g. 0-1."),
     Setting("tune", "bool", "Apply host tuning at start-up and restore it at exit (root only).",
             False),
+    Setting("tune_skip", "str", "Tuning steps --tune leaves alone, as one comma-separated string "
+            "(also in the config file: tune-skip = \"smt,turbo\"). Names: "
+            + ", ".join(TUNABLE_NAMES) + "."),
     Setting("metrics_file", "path", "Append one JSON record per benchmark iteration to this file."),
     Setting("health_addr", "str", "Serve /healthz and /metrics on HOST:PORT (e.g. 127.0.0.1:9464)."),
 )
@@ -177,10 +181,16 @@ class Config:
     benchmark_cpus: str | None = None
     housekeeping_cpus: str | None = None
     tune: bool = False
+    tune_skip: str | None = None  # comma-separated, validated at load; see tune_skip_names
     metrics_file: Path | None = None
     health_addr: str | None = None
     config_file: Path | None = None
     sources: Mapping[str, Source] = field(factory=dict, repr=False, eq=False)
+
+    @property
+    def tune_skip_names(self) -> tuple[str, ...]:
+        """The ``--tune-skip`` names, in the order given (empty when not set)."""
+        return tuple(name.strip() for name in self.tune_skip.split(",")) if self.tune_skip else ()
 
     def source_of(self, name: str) -> Source:
         return self.sources.get(name, Source("default"))
@@ -251,7 +261,9 @@ def _convert(setting: Setting, raw: object, source: Source, *, from_text: bool) 
         if isinstance(raw, Path):
             raw = str(raw)
         if not isinstance(raw, str):
-            raise ConfigError(f"{where}: expected a string, got {raw!r}")
+            hint = (" (write the names as one comma-separated string, e.g. \"smt,turbo\")"
+                    if setting.name == "tune_skip" and isinstance(raw, list) else "")
+            raise ConfigError(f"{where}: expected a string, got {raw!r}{hint}")
         if setting.type == "choice":
             value = raw.strip().lower()
             if value not in setting.choices:
@@ -335,12 +347,34 @@ def _check_cpulist(value: object, where: str) -> None:
         raise ConfigError(f"{where}: expected a CPU list like 0-3,8,10-11, got {value!r}")
 
 
+def split_tune_skip(value: str, where: str) -> tuple[str, ...]:
+    """``"smt, turbo"`` → ``("smt", "turbo")``; unknown, empty or repeated names are errors."""
+    names = tuple(part.strip() for part in value.split(","))
+    if any(not name for name in names):
+        raise ConfigError(f"{where}: empty name in {value!r} (expected names separated by commas, "
+                          f"e.g. smt,turbo)")
+    unknown = [name for name in names if name not in TUNABLE_NAMES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown tuning name(s) {', '.join(map(repr, unknown))} "
+                          f"(valid: {', '.join(TUNABLE_NAMES)})")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: {', '.join(repeated)} given more than once")
+    return names
+
+
+def _check_tune_skip(value: object, where: str) -> None:
+    assert isinstance(value, str)
+    split_tune_skip(value, where)
+
+
 _SPECIFIC_CHECKS: dict[str, Callable[[object, str], None]] = {
     "host": _check_host,
     "runner": _check_runner,
     "key": _check_key,
     "benchmark_cpus": _check_cpulist,
     "housekeeping_cpus": _check_cpulist,
+    "tune_skip": _check_tune_skip,
 }
 
 

@@ -240,3 +240,57 @@ def test_relative_paths_in_a_config_file_are_relative_to_the_file(
     config = load_config({}, {}, file, default_config_file=None)
     assert config.state_dir == etc / "state"
     assert config.metrics_file == Path("/var/log/m.jsonl")
+
+
+# --tune-skip: one comma-separated string on every surface (flag, env and config file alike)
+
+
+def test_tune_skip_from_flag_env_and_file(tmp_path: Path) -> None:
+    assert load_config({}, {}, None, default_config_file=None).tune_skip_names == ()
+    flag = load_config({"tune_skip": "smt, turbo"}, {}, None, default_config_file=None)
+    assert flag.tune_skip_names == ("smt", "turbo")
+    assert flag.source_of("tune_skip").describe() == "flag --tune-skip"
+    env = load_config({}, {"RUNNER_AGENT_TUNE_SKIP": "cpuset_partition"}, None, default_config_file=None)
+    assert env.tune_skip_names == ("cpuset_partition",)
+    file = write(tmp_path / "c.toml", 'tune = true\ntune-skip = "aslr,irq_steering,cstates"\n')
+    from_file = load_config({}, {}, file, default_config_file=None)
+    assert from_file.tune and from_file.tune_skip_names == ("aslr", "irq_steering", "cstates")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("smt,hyperthreads", "unknown tuning name(s) 'hyperthreads' (valid: governor, turbo, smt,"),
+        ("smt,,turbo", "empty name in 'smt,,turbo'"),
+        ("smt,smt", "smt given more than once"),
+    ],
+)
+def test_tune_skip_invalid_names_the_key_and_the_valid_names(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"tune_skip": value}, {}, None, default_config_file=None)
+    assert str(info.value).startswith("tune-skip (flag --tune-skip): ")
+    assert message in str(info.value)
+    if "unknown" in message:
+        assert "cpuset_partition" in str(info.value)  # every valid name is listed
+
+
+def test_tune_skip_as_a_toml_list_is_refused_with_the_string_form(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.toml", 'tune-skip = ["smt", "turbo"]\n')
+    with pytest.raises(ConfigError, match=r'tune-skip \(file .*c.toml\): expected a string, got '
+                       r"\['smt', 'turbo'\] \(write the names as one comma-separated string"):
+        load_config({}, {}, file, default_config_file=None)
+
+
+def test_tune_skip_names_match_the_tuner() -> None:
+    from runner_agent.host.tuning import TUNABLE_NAMES
+
+    help_text = next(s for s in SETTINGS if s.name == "tune_skip").help
+    assert all(name in help_text for name in TUNABLE_NAMES)
+    every = ",".join(TUNABLE_NAMES)
+    assert load_config({"tune_skip": every}, {}, None, default_config_file=None).tune_skip_names == TUNABLE_NAMES
+
+
+def test_run_rejects_an_unknown_tune_skip_with_status_2() -> None:
+    result = CliRunner().invoke(main, ["run", "--tune-skip", "governor,bogus"], env={})
+    assert result.exit_code == 2
+    assert "tune-skip (flag --tune-skip): unknown tuning name(s) 'bogus'" in result.output
