@@ -1,8 +1,10 @@
-"""``runner-agent exec``: run one job locally, without a server, and print its results."""
+"""``runner-agent exec``: run one job locally, without a server, and print its results (optionally
+pinned to ``--cpus``, with ``--metrics-file`` records like ``run`` writes)."""
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
@@ -19,7 +21,11 @@ from runner_agent.execute.local import (
     parse_env,
     resolve_source,
 )
-from runner_agent.execute.options import DEFAULT_MAX_MESSAGE_SIZE
+from runner_agent.execute.options import DEFAULT_MAX_MESSAGE_SIZE, Placement
+from runner_agent.execute.plan import choose_cpus
+from runner_agent.execute.results import IterationMetrics
+from runner_agent.host.cpulist import CpuListError, parse_cpulist
+from runner_agent.host.metrics import MetricsFile, iteration_record
 from runner_agent.logging_setup import configure_logging
 from runner_agent.oci.cache import ImageCache
 from runner_agent.protocol import encode
@@ -27,6 +33,10 @@ from runner_agent.protocol import encode
 
 def _default_cache() -> Path:
     return Path(platformdirs.user_cache_dir("runner-agent")) / "images"
+
+
+def _online_cpus() -> frozenset[int]:
+    return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text().strip())
 
 
 def _preview(text: str | None, width: int = 40) -> str:
@@ -71,6 +81,7 @@ Examples:
   runner-agent exec 127.0.0.1:5000/bench@sha256:4f1c… --iter 5 -- /bin/sh -c 'echo {}'
   runner-agent exec ./layout --env RUST_LOG=info --network --timeout 60
   runner-agent exec ./layout --danger-allow-no-sandbox     # no bwrap: run on the host
+  runner-agent exec ./layout --cpus 3 --metrics-file m.jsonl   # pinned; per-iteration JSON lines
 
 Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors.
 """
@@ -91,11 +102,18 @@ Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for 
               help="Seconds between SIGTERM and SIGKILL on cancel/timeout.")
 @click.option("--max-message-size", type=click.IntRange(1024), default=DEFAULT_MAX_MESSAGE_SIZE,
               show_default=True, help="Byte limit of the terminal message.")
+@click.option("--cpus", "cpu_list", metavar="LIST",
+              help="Pin the benchmark to these CPUs, e.g. 2-3 (default: the first spec.cpu CPUs "
+              "this process may use).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append one JSON line per iteration as measured by the agent (wall, user, sys, "
+              "peak RSS, exit, CPUs): the record `run --metrics-file` writes.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress and per-iteration metrics.")
 def exec_(
     source: str, cmd: tuple[str, ...], as_json: bool, iterations: int | None, timeout: int | None,
     env: tuple[str, ...], network: bool, cache_dir: Path | None, no_sandbox: bool,
-    kill_grace: float, max_message_size: int, verbose: bool,
+    kill_grace: float, max_message_size: int, cpu_list: str | None, metrics_file: Path | None,
+    verbose: bool,
 ) -> None:
     """Run one benchmark job locally (no server) and print its results.
 
@@ -109,8 +127,16 @@ def exec_(
         job = apply_overrides(job, over)
     except LocalJobError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        cpus = parse_cpulist(cpu_list) if cpu_list is not None else None
+    except CpuListError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cpus") from None
+    if cpus is not None and not cpus <= _online_cpus():
+        raise click.BadParameter(
+            f"CPU(s) {sorted(cpus - _online_cpus())} are not online", param_hint="--cpus")
     options = ExecOptions(
-        allow_no_sandbox=no_sandbox, kill_grace=kill_grace, max_message_size=max_message_size
+        allow_no_sandbox=no_sandbox, kill_grace=kill_grace, max_message_size=max_message_size,
+        placement=Placement(cpus=cpus),
     )
     try:
         options = attrs.evolve(options, mode=check_sandbox(options))
@@ -119,8 +145,22 @@ def exec_(
         sys.exit(EXIT_FAILURE)
     cache = ImageCache(cache_dir or _default_cache())
 
+    on_iteration = None
+    if metrics_file is not None:
+        try:  # fail now, not after the first iteration
+            metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            metrics_file.open("a").close()
+        except OSError as exc:
+            raise click.BadParameter(f"{metrics_file}: {exc.strerror or exc}",
+                                     param_hint="--metrics-file") from None
+        metrics, job_cpus = MetricsFile(metrics_file), choose_cpus(job.spec.cpu, cpus)
+
+        def on_iteration(m: IterationMetrics) -> None:
+            metrics.append(iteration_record(str(job.uuid), m, job_cpus, None, {}, datetime.now(UTC)))
+
     async def run() -> JobOutcome:
-        return await execute_job(job, image_source, cache, options, JobControl())
+        return await execute_job(job, image_source, cache, options, JobControl(),
+                                 on_iteration=on_iteration)
 
     outcome = trio.run(run)
     if as_json:
