@@ -1,7 +1,18 @@
 """Keeping a terminal message under the server's size limit (measured on ``encode()`` output).
 
-While the message is too big, the biggest text field (an iteration's stdout/stderr, an ``output``
-value, the error) is cut to its head and tail around a marker; every cut is logged.
+When the message is too big, text is cut in the order that loses the least for Bencher
+(PROTOCOL.md §2.1: the server parses each iteration's ``output`` values, or its ``stdout`` when
+there is no ``output``, and never ``stderr``):
+
+1. ``stderr`` of every iteration;
+2. ``stdout`` of iterations that have ``output`` (the server ignores it then);
+3. the parsed text: ``stdout`` without ``output``, and ``output`` values;
+4. the ``error`` text, never below `MIN_ERROR_CHARS`.
+
+Within one class the cut is shared fairly ("water-filling"): one size cap is chosen so that the
+fields above it, cut down to it, free enough room; every cut field keeps its head and tail around
+a marker saying how much was dropped. Small fields (under two marker sizes) are only touched when
+cutting every bigger field was not enough. Every truncation is logged.
 """
 
 from __future__ import annotations
@@ -10,13 +21,17 @@ import json
 import logging
 
 import attrs
+from attrs import frozen
 
 from runner_agent.protocol import Completed, Failed, IterationOutput, encode
 
 log = logging.getLogger(__name__)
 
 _M = Completed | Failed
-MAX_ROUNDS = 200
+MIN_ERROR_CHARS = 512
+MARKER_SLACK = 120  # bytes a marker may add to one cut field
+SHORT_MARKER = "[truncated]"
+ROUNDS_PER_CLASS = 6
 
 
 def message_size(msg: Completed | Failed) -> int:
@@ -38,70 +53,112 @@ def _encoded_len(text: str) -> int:
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
-def fit_message(msg: _M, limit: int) -> _M:
-    """``msg`` itself if it fits in ``limit`` bytes, else a copy with its largest fields cut."""
-    size = message_size(msg)
-    if size <= limit:
-        return msg
-    original = size
-    results = [attrs.evolve(r) for r in msg.results]
-    error = msg.error if isinstance(msg, Failed) else None
-    for _ in range(MAX_ROUNDS):
-        over = size - limit
-        if over <= 0:
-            break
-        where, text = _largest(results, error)
-        if where is None or not text:
-            break
-        enc = _encoded_len(text)
-        ratio = len(text) / max(enc, 1)
-        keep = max(0, int((enc - over - 200) * ratio))
-        keep = min(keep, len(text) - 1)
-        new = cut_middle(text, keep) if keep > 0 else ""
-        if where[0] == "error":
-            error = new
+@frozen
+class _Field:
+    """One cuttable text: where it lives, its text and its encoded size."""
+
+    kind: str  # "stdout" | "stderr" | "output" | "error"
+    index: int  # iteration index (-1 for the error)
+    key: str  # output key ("" otherwise)
+    text: str
+    encoded: int
+
+
+def _classes(results: list[IterationOutput], error: str | None) -> list[list[_Field]]:
+    stderr: list[_Field] = []
+    ignored_stdout: list[_Field] = []
+    parsed: list[_Field] = []
+    err: list[_Field] = []
+    for i, r in enumerate(results):
+        if r.stderr:
+            stderr.append(_Field("stderr", i, "", r.stderr, _encoded_len(r.stderr)))
+        if r.stdout:
+            target = ignored_stdout if r.output is not None else parsed
+            target.append(_Field("stdout", i, "", r.stdout, _encoded_len(r.stdout)))
+        for key, value in (r.output or {}).items():
+            if value:
+                parsed.append(_Field("output", i, key, value, _encoded_len(value)))
+    if error is not None and len(error) > MIN_ERROR_CHARS:
+        err.append(_Field("error", -1, "", error, _encoded_len(error)))
+    return [stderr, ignored_stdout, parsed, err]
+
+
+def _water_level(sizes: list[int], need: int) -> int:
+    """The largest cap C with sum(max(0, s - C)) >= need (0 if even cutting all falls short)."""
+    lo, hi = 0, max(sizes)
+    if sum(sizes) < need:
+        return 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(max(0, s - mid) for s in sizes) >= need:
+            lo = mid
         else:
-            results[where[1]] = _replace(results[where[1]], where, new)
-        candidate = _rebuild(msg, results, error)
-        size = message_size(candidate)
+            hi = mid - 1
+    return lo
+
+
+def _cut_to(field: _Field, cap: int) -> str:
+    """The field's text cut to about ``cap`` encoded bytes (head + marker + tail)."""
+    if cap >= field.encoded:
+        return field.text
+    if field.kind == "error":
+        cap = max(cap, MIN_ERROR_CHARS)
+    if cap < 2 * MARKER_SLACK:
+        return SHORT_MARKER if cap >= len(SHORT_MARKER) + 2 else ""
+    chars = int((cap - MARKER_SLACK) * len(field.text) / max(field.encoded, 1))
+    return cut_middle(field.text, max(chars, 0))
+
+
+def _apply(results: list[IterationOutput], error: str | None, field: _Field, new: str
+           ) -> str | None:
+    if field.kind == "error":
+        return new
+    r = results[field.index]
+    if field.kind == "output":
+        output = dict(r.output or {})
+        output[field.key] = new
+        results[field.index] = attrs.evolve(r, output=output)
+    elif field.kind == "stdout":
+        results[field.index] = attrs.evolve(r, stdout=new)
+    else:
+        results[field.index] = attrs.evolve(r, stderr=new)
+    return error
+
+
+def fit_message(msg: _M, limit: int) -> _M:
+    """``msg`` itself if it fits in ``limit`` bytes, else a copy with text cut as described above."""
+    original = message_size(msg)
+    if original <= limit:
+        return msg
+    results = list(msg.results)
+    error = msg.error if isinstance(msg, Failed) else None
+    size = original
+    # First pass: only fields big enough to give room while keeping a useful head and tail; the
+    # second pass (rarely needed: many small fields, tiny limit) may cut anything.
+    passes = [(min_size, class_index) for min_size in (2 * MARKER_SLACK, 0) for class_index in range(4)]
+    for min_size, class_index in passes:
+        for _ in range(ROUNDS_PER_CLASS):
+            over = size - limit
+            if over <= 0:
+                break
+            fields = [f for f in _classes(results, error)[class_index] if f.encoded > min_size]
+            if not fields:
+                break
+            cap = _water_level([f.encoded for f in fields], over + MARKER_SLACK * len(fields))
+            cut = [f for f in fields if f.encoded > cap]
+            if not cut:
+                break
+            for f in cut:
+                error = _apply(results, error, f, _cut_to(f, cap))
+            size = message_size(_rebuild(msg, results, error))
+        if size <= limit:
+            break
     final = _rebuild(msg, results, error)
-    log.warning(
-        "terminal message for job %s truncated from %d to %d bytes (limit %d)",
-        msg.job, original, message_size(final), limit,
-    )
+    log.warning("terminal message for job %s truncated from %d to %d bytes (limit %d)",
+                msg.job, original, message_size(final), limit)
     if message_size(final) > limit:
         log.error("terminal message for job %s still exceeds %d bytes after truncation", msg.job, limit)
     return final
-
-
-_Where = tuple[str, int, str]
-
-
-def _largest(results: list[IterationOutput], error: str | None) -> tuple[_Where | None, str]:
-    best: tuple[_Where | None, str] = (None, "")
-    best_len = 0
-    if error is not None and len(error) > 64:
-        best, best_len = (("error", -1, ""), error), len(error)
-    for i, r in enumerate(results):
-        for name in ("stdout", "stderr"):
-            text = getattr(r, name)
-            if text is not None and len(text) > best_len:
-                best, best_len = ((name, i, ""), text), len(text)
-        for key, value in (r.output or {}).items():
-            if len(value) > best_len:
-                best, best_len = (("output", i, key), value), len(value)
-    return best
-
-
-def _replace(r: IterationOutput, where: _Where, new: str) -> IterationOutput:
-    kind, _, key = where
-    if kind == "output":
-        output = dict(r.output or {})
-        output[key] = new
-        return attrs.evolve(r, output=output)
-    if kind == "stdout":
-        return attrs.evolve(r, stdout=new)
-    return attrs.evolve(r, stderr=new)
 
 
 def _rebuild(msg: _M, results: list[IterationOutput], error: str | None) -> _M:

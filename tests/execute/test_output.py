@@ -123,3 +123,32 @@ def test_probe_output_parsing() -> None:
     assert parse_probe("Command exited with non-zero status 3\n10 0.00 0.00\n") == Usage(10, 0.0, 0.0, 3, None)
     assert parse_probe("Command terminated by signal 9\n10 0.00 0.00\n") == Usage(10, 0.0, 0.0, None, 9)
     assert parse_probe("") is None and parse_probe("garbage\n") is None
+
+
+def test_truncation_shares_the_cut_across_iterations() -> None:
+    # three 2 MB stdouts under a 4 MiB limit: every iteration keeps its head and tail,
+    # none is emptied to make room for the others
+    big = [f"H{i}" * 1000 + "m" * 2_000_000 + f"T{i}" * 1000 for i in range(3)]
+    msg = fit_message(Completed(job=JOB, results=tuple(
+        IterationOutput(exit_code=0, stdout=b) for b in big)), 4 * 1024 * 1024)
+    assert message_size(msg) <= 4 * 1024 * 1024
+    sizes = [len(r.stdout or "") for r in msg.results]
+    assert max(sizes) - min(sizes) < 1000, sizes  # a fair share each
+    for i, r in enumerate(msg.results):
+        out = r.stdout or ""
+        assert out.startswith(f"H{i}" * 1000) and out.endswith(f"T{i}" * 1000)
+        assert "characters truncated" in out
+
+
+def test_truncation_cuts_what_bencher_ignores_first() -> None:
+    # stderr is never parsed and stdout is ignored when `output` exists: those go before the
+    # output file the server turns into results
+    bmf = '{"bench":{"latency":{"value":1}}}' + " " * 30_000
+    r = IterationOutput(exit_code=0, stdout="s" * 30_000, stderr="e" * 30_000,
+                        output={"/out/r.json": bmf})
+    msg = fit_message(Completed(job=JOB, results=(r,)), 45_000)
+    assert message_size(msg) <= 45_000
+    kept = msg.results[0]
+    assert kept.output == {"/out/r.json": bmf}  # untouched
+    assert len(kept.stderr or "") < 1000  # stderr gave first and most
+    assert "characters truncated" in (kept.stdout or "") + (kept.stderr or "")
