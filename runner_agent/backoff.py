@@ -14,6 +14,9 @@ Three rules combine in :meth:`Backoff.next_delay`:
    ``auth_suspect_after`` consecutive connections that closed within ``immediate_close`` seconds
    without a single frame from the server (or one HTTP 401/403), the delay is at least
    ``auth_floor`` (plus jitter of up to another ``auth_floor``) until a frame arrives again.
+   Bencher checks the key right after the upgrade, so its rejection comes within milliseconds;
+   the window is kept short (2 s) so that a server that crashes soon after restarting is not
+   taken for a key problem, and any connection that was not such a close breaks the streak.
 3. **Rate guard.** Bencher Cloud allows 16 connections a minute, 256 an hour and 4096 a day per
    runner (PROTOCOL.md §1.5). Every attempt is remembered for the longest window and the delay is
    stretched so that no sliding window ever holds more than ``budget_fraction`` of its limit.
@@ -57,7 +60,7 @@ class BackoffPolicy:
     base: float = field(default=1.0, validator=_positive)
     cap: float = field(default=60.0, validator=_positive)
     healthy_after: float = field(default=60.0, validator=_positive)
-    immediate_close: float = field(default=5.0, validator=_positive)
+    immediate_close: float = field(default=2.0, validator=_positive)
     auth_suspect_after: int = field(default=3, validator=_positive)
     auth_floor: float = field(default=300.0, validator=_positive)
     limits: tuple[RateLimit, ...] = BENCHER_CLOUD_LIMITS
@@ -129,6 +132,8 @@ class Backoff:
             self.immediate_closes = 0
         elif lasted < self.policy.immediate_close and not self._frame_seen:
             self.immediate_closes += 1
+        else:
+            self.immediate_closes = 0  # "consecutive": a longer or talking connection breaks it
 
     def record_rejected(self) -> None:
         """The server answered the upgrade with 401/403: certainly an authentication problem."""

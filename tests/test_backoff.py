@@ -179,3 +179,24 @@ def test_rate_guard_waits_for_the_oldest_attempt_to_leave_the_window() -> None:
 def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="cap"):
         BackoffPolicy(cap=0)
+
+
+def test_a_server_that_crashes_seconds_after_restarting_is_not_taken_for_a_bad_key() -> None:
+    # Bencher's key check closes within milliseconds of the upgrade; a crash-looping server drops
+    # a few seconds in. Only the former is an authentication signal.
+    backoff = Backoff(BackoffPolicy(), rng=random.Random(10))
+    for t in range(6):
+        backoff.record_attempt(t * 100.0)
+        backoff.record_connected(t * 100.0)
+        backoff.record_disconnected(t * 100.0 + 2.5)
+    assert not backoff.auth_suspected
+
+
+def test_the_auth_streak_must_be_consecutive() -> None:
+    backoff = Backoff(BackoffPolicy(auth_suspect_after=3), rng=random.Random(11))
+    for t, lasted in enumerate([0.05, 0.05, 10.0, 0.05, 0.05]):
+        backoff.record_attempt(t * 100.0)
+        backoff.record_connected(t * 100.0)
+        backoff.record_disconnected(t * 100.0 + lasted)
+    assert backoff.immediate_closes == 2
+    assert not backoff.auth_suspected
