@@ -17,6 +17,7 @@ Inputs, per area (an area is a benchmark script's stem, e.g. ``pull`` for ``pull
           "baseline": "skopeo+umoci",              # the row the ratios are taken against
           "lower_is_better": true,                 # default true
           "target": {"row": "agent", "stat": "median", "op": "<=", "value": 2.0},
+          # or several: "targets": [{...}, {"row": "agent", "stat": "ratio", "op": "<=", "value": 1}]
           "rows": [
             {"name": "agent", "samples": [12.1, 11.8, ...]},     # raw samples, or
             {"name": "skopeo+umoci", "median": 30.2, "p95": 33.0, "n": 5}   # summaries
@@ -28,7 +29,9 @@ Inputs, per area (an area is a benchmark script's stem, e.g. ``pull`` for ``pull
 
 For each row the README shows median, p95 (nearest-rank over ``samples`` when given), n and
 the ratio of its median to the baseline row's median measured in the same run; a ``target``
-(``stat`` is ``median`` or ``p95``, ``op`` is ``<=``/``>=``/``<``/``>``) adds a met/missed line.
+(``stat`` is ``median``, ``p95`` or ``ratio`` — the row's median over the baseline's, which needs a
+``baseline`` —, ``op`` is ``<=``/``>=``/``<``/``>``) adds a met/missed line; ``targets`` (a list)
+gives a table several, e.g. one per row.
 A malformed file is reported in the README (and on stderr) with the reason, never skipped silently.
 """
 
@@ -86,9 +89,15 @@ class Target:
     op: str
     value: float
 
-    def met(self, row: Row) -> bool | None:
-        actual = row.median if self.stat == "median" else row.p95
+    def met(self, row: Row, ratio: float | None = None) -> bool | None:
+        """Whether ``row`` meets the target; ``ratio`` is its median over the baseline's."""
+        actual = {"median": row.median, "p95": row.p95, "ratio": ratio}[self.stat]
         return None if actual is None else OPS[self.op](actual, self.value)
+
+    def describe(self, unit: str) -> str:
+        if self.stat == "ratio":
+            return f"{self.row} median / baseline median {self.op} {fmt(self.value)}"
+        return f"{self.row} {self.stat} {self.op} {fmt(self.value)} {unit}".rstrip()
 
 
 @frozen
@@ -98,7 +107,12 @@ class Table:
     rows: tuple[Row, ...]
     baseline: str | None = None
     lower_is_better: bool = True
-    target: Target | None = None
+    targets: tuple[Target, ...] = ()
+
+    @property
+    def target(self) -> Target | None:
+        """The first target (most tables have one)."""
+        return self.targets[0] if self.targets else None
 
     def row(self, name: str) -> Row | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -171,8 +185,10 @@ def parse_target(obj: object, where: str, table: Table) -> Target:
         op=_text(data, "op", where, "<="),
         value=_number(data.get("value"), f"{where}.value"),
     )
-    if target.stat not in ("median", "p95"):
-        raise ResultsError(f"{where}.stat: 'median' or 'p95', got {target.stat!r}")
+    if target.stat not in ("median", "p95", "ratio"):
+        raise ResultsError(f"{where}.stat: 'median', 'p95' or 'ratio', got {target.stat!r}")
+    if target.stat == "ratio" and table.baseline is None:
+        raise ResultsError(f"{where}.stat: a 'ratio' target needs the table's 'baseline'")
     if target.op not in OPS:
         raise ResultsError(f"{where}.op: one of {sorted(OPS)}, got {target.op!r}")
     if table.row(target.row) is None:
@@ -196,9 +212,15 @@ def parse_table(obj: object, where: str) -> Table:
     if not isinstance(lower, bool):
         raise ResultsError(f"{where}.lower_is_better: expected true or false")
     table = Table(_text(data, "name", where), _text(data, "unit", where, ""), rows, baseline, lower)
+    targets: list[Target] = []
     if data.get("target") is not None:
-        table = evolve(table, target=parse_target(data["target"], f"{where}.target", table))
-    return table
+        targets.append(parse_target(data["target"], f"{where}.target", table))
+    if data.get("targets") is not None:
+        listed = data["targets"]
+        if not isinstance(listed, list):
+            raise ResultsError(f"{where}.targets: expected a list of targets")
+        targets += [parse_target(t, f"{where}.targets[{i}]", table) for i, t in enumerate(listed)]
+    return evolve(table, targets=tuple(targets))
 
 
 def parse_results(area: str, obj: object, source: str) -> AreaResults:
@@ -270,15 +292,18 @@ def table_markdown(table: Table) -> str:
         ratio = table.ratio(row)
         shown = "baseline" if row.name == table.baseline else (f"{ratio:.2f}x" if ratio else "-")
         lines.append(f"| {row.name} | {fmt(row.median)} | {fmt(row.p95)} | {row.n or '-'} | {shown} |")
-    if table.target is not None:
-        target = table.target
-        target_row = table.row(target.row)
-        met = target.met(target_row) if target_row is not None else None
-        verdict = {True: "**met**", False: "**missed**", None: "not measured"}[met]
+    if table.targets:
         lines.append("")
-        lines.append(f"Target: {target.row} {target.stat} {target.op} {fmt(target.value)} "
-                     f"{table.unit} — {verdict}.")
-    return "\n".join(lines)
+    for target in table.targets:
+        target_row = table.row(target.row)
+        met = target.met(target_row, table.ratio(target_row)) if target_row is not None else None
+        verdict = {True: "**met**", False: "**missed**", None: "not measured"}[met]
+        shown = ""
+        if target.stat == "ratio" and target_row is not None:
+            ratio = table.ratio(target_row)
+            shown = f" ({fmt(ratio)})" if ratio is not None else ""
+        lines.append(f"Target: {target.describe(table.unit)} — {verdict}{shown}.  ")
+    return "\n".join(lines).rstrip()
 
 
 def draw_chart(table: Table, title: str, path: Path) -> None:
@@ -297,10 +322,19 @@ def draw_chart(table: Table, title: str, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"median{f' ({table.unit})' if table.unit else ''}; whisker: p95")
     ax.set_title(f"{title}: {table.name}", fontsize=10)
-    if table.target is not None:
-        ax.axvline(table.target.value, color="#c0392b", linestyle="--", linewidth=1,
-                   label=f"target {table.target.op} {fmt(table.target.value)}")
-        ax.legend(loc="lower right", fontsize=8)
+    base = table.row(table.baseline) if table.baseline else None
+    drawn = False
+    for target in table.targets:
+        if target.stat == "ratio" and base is None:
+            continue
+        at = target.value * base.median if target.stat == "ratio" and base is not None else target.value
+        what = (f"{fmt(target.value)}x baseline" if target.stat == "ratio"
+                else f"{target.stat} {fmt(target.value)}")
+        ax.axvline(at, color="#c0392b", linestyle="--", linewidth=1,
+                   label=f"target: {target.row} {target.op} {what}")
+        drawn = True
+    if drawn:
+        ax.legend(loc="lower right", fontsize=7)
     for y, (value, name) in enumerate(zip(medians, names, strict=True)):
         ratio = table.ratio(table.rows[y])
         label = fmt(value) + (f"  ({ratio:.2f}x)" if ratio and name != table.baseline else "")

@@ -95,3 +95,40 @@ def test_malformed_tables_are_named(report: ModuleType, change: dict[str, object
     bad = {"tables": [{**GOOD["tables"][0], "target": None, **change}]}  # type: ignore[dict-item]
     with pytest.raises(report.ResultsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         report.parse_results("demo", bad, "results-demo.json")
+
+
+def test_ratio_targets_and_several_per_table(report: ModuleType, tmp_path: Path) -> None:
+    data = {
+        "tables": [{
+            "name": "throughput", "unit": "MB/s", "baseline": "cat", "lower_is_better": False,
+            "targets": [
+                {"row": "host", "stat": "ratio", "op": ">=", "value": 0.5},
+                {"row": "sandbox", "stat": "ratio", "op": ">=", "value": 0.5},
+                {"row": "host", "stat": "p95", "op": ">=", "value": 100},
+            ],
+            "rows": [
+                {"name": "cat", "samples": [200, 200, 200]},
+                {"name": "host", "samples": [120, 110, 130]},
+                {"name": "sandbox", "samples": [90, 80, 100]},
+            ],
+        }],
+    }
+    table = report.parse_results("demo", data, "results-demo.json").tables[0]
+    host, sandbox = table.row("host"), table.row("sandbox")
+    verdicts = [t.met(table.row(t.row), table.ratio(table.row(t.row))) for t in table.targets]
+    assert verdicts == [True, False, True]
+    assert table.target is table.targets[0] and table.ratio(host) == 0.6 and table.ratio(sandbox) == 0.45
+    (tmp_path / "results-demo.json").write_text(json.dumps(data))
+    assert report.main(["--bench-dir", str(tmp_path)]) == 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "Target: host median / baseline median >= 0.5 — **met** (0.6)." in readme
+    assert "Target: sandbox median / baseline median >= 0.5 — **missed** (0.45)." in readme
+    assert "Target: host p95 >= 100 MB/s — **met**." in readme
+    assert (tmp_path / "charts" / "demo-throughput.png").exists()
+
+
+def test_ratio_target_needs_a_baseline(report: ModuleType) -> None:
+    table = {"name": "t", "rows": [{"name": "a", "median": 1}],
+             "targets": [{"row": "a", "stat": "ratio", "value": 1}]}
+    with pytest.raises(report.ResultsError, match=r"targets\[0\]\.stat: a 'ratio' target needs"):
+        report.parse_results("demo", {"tables": [table]}, "results-demo.json")
