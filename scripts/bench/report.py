@@ -282,16 +282,21 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def table_markdown(table: Table) -> str:
     unit = f" ({table.unit})" if table.unit else ""
     lines = [
-        f"| {table.name} | median{unit} | p95{unit} | n | ratio vs {table.baseline or '-'} |",
+        f"| {cell(table.name)} | median{unit} | p95{unit} | n | ratio vs {cell(table.baseline or '-')} |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in table.rows:
         ratio = table.ratio(row)
         shown = "baseline" if row.name == table.baseline else (f"{ratio:.2f}x" if ratio else "-")
-        lines.append(f"| {row.name} | {fmt(row.median)} | {fmt(row.p95)} | {row.n or '-'} | {shown} |")
+        lines.append(f"| {cell(row.name)} | {fmt(row.median)} | {fmt(row.p95)} | {row.n or '-'} | {shown} |")
     if table.targets:
         lines.append("")
     for target in table.targets:

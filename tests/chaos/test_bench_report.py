@@ -121,6 +121,7 @@ def test_ratio_targets_and_several_per_table(report: ModuleType, tmp_path: Path)
     (tmp_path / "results-demo.json").write_text(json.dumps(data))
     assert report.main(["--bench-dir", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
+    assert "| throughput | median (MB/s) | p95 (MB/s) | n | ratio vs cat |" in readme
     assert "Target: host median / baseline median >= 0.5 — **met** (0.6)." in readme
     assert "Target: sandbox median / baseline median >= 0.5 — **missed** (0.45)." in readme
     assert "Target: host p95 >= 100 MB/s — **met**." in readme
@@ -132,3 +133,12 @@ def test_ratio_target_needs_a_baseline(report: ModuleType) -> None:
              "targets": [{"row": "a", "stat": "ratio", "value": 1}]}
     with pytest.raises(report.ResultsError, match=r"targets\[0\]\.stat: a 'ratio' target needs"):
         report.parse_results("demo", {"tables": [table]}, "results-demo.json")
+
+
+def test_pipes_in_names_stay_inside_their_cell(report: ModuleType) -> None:
+    table = report.parse_results("demo", {"tables": [{
+        "name": "a | b", "baseline": "cat | cat", "rows": [{"name": "cat | cat", "median": 2}]}]},
+        "results-demo.json").tables[0]
+    lines = report.table_markdown(table).splitlines()
+    assert lines[0] == "| a \\| b | median | p95 | n | ratio vs cat \\| cat |"
+    assert lines[2] == "| cat \\| cat | 2.00 | - | - | baseline |"
