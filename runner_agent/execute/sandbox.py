@@ -1,8 +1,10 @@
 """Sandbox mode: the bubblewrap command line for one iteration, and the start-up sandbox check.
 
 The benchmark sees the per-iteration overlay (see `overlay`) as ``/``, has its own PID, IPC, UTS,
-mount and (unless ``spec.network``) network namespaces, a fresh ``/proc`` and ``/dev``, an
-environment made only of the plan's variables, a new session, and dies with the agent.
+mount and (unless ``spec.network``) network namespaces, a fresh ``/proc`` and ``/dev``, no
+capabilities (bwrap run by root would otherwise keep them: mknod and mount of host disks, lifting
+the memory rlimit), an environment made only of the plan's variables, a new session, and dies
+with the agent.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def bwrap_argv(
     cmd += ["--perms", "1777", "--dir", "/tmp"]
     cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     cmd += ["--share-net"] if network else ["--unshare-net"]
-    cmd += ["--die-with-parent", "--new-session", "--clearenv"]
+    cmd += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
     for key, value in env:
         cmd += ["--setenv", key, value]
     if workdir != "/":

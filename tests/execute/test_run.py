@@ -291,3 +291,15 @@ async def test_iter_zero_runs_nothing_like_bencher(busybox_rootfs: Path, tmp_pat
     with trio.fail_after(10):
         outcome = await run_plan(plan, JobControl())
     assert (outcome.status, outcome.results, outcome.metrics) == ("completed", (), ())
+
+
+async def test_sandboxed_benchmark_has_no_capabilities(busybox_rootfs: Path, tmp_path: Path) -> None:
+    # bwrap run by root keeps root's capabilities unless told otherwise: with them a benchmark
+    # could mknod the host's disk, mount it and read the agent's key, or lift its memory limit
+    script = "grep CapEff /proc/self/status; mknod /tmp/disk b 8 0 && echo MKNOD-ALLOWED; true"
+    plan = plan_for(busybox_rootfs, tmp_path, "sandbox", script)
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    out = outcome.results[0].stdout or ""
+    assert "CapEff:\t0000000000000000" in out
+    assert "MKNOD-ALLOWED" not in out

@@ -39,6 +39,7 @@ def test_bwrap_command_line(tmp_path: Path) -> None:
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
                  "--die-with-parent", "--new-session", "--clearenv"):
         assert flag in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--chdir") + 1] == "/app"
     assert argv[-4:] == ["--", "/bin/sh", "-c", "x"]
     shared = bwrap_argv("bwrap", tmp_path, ["/bin/true"], [], "/", network=True)
