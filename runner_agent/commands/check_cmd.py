@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
-import platformdirs
 
+from runner_agent.config import DEFAULT_CONFIG_FILE, ConfigError, load_config
 from runner_agent.host.layout import LayoutError
 from runner_agent.host.lock import DEFAULT_LOCK_PATH, TuningLockedError
 from runner_agent.host.preflight import run_preflight
@@ -36,8 +38,8 @@ EXIT_RESTORE_FAILED = 1
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=lambda: platformdirs.user_cache_path("runner-agent"),
-    show_default="platform cache dir",
+    default=None,
+    show_default="as `run`: env, config file, else /var/cache/runner-agent for root",
     help="Where images are cached (its free space is checked).",
 )
 @click.option("--benchmark-cpus", metavar="CPULIST", help="CPUs for jobs, e.g. 2-7,10.")
@@ -57,9 +59,17 @@ EXIT_RESTORE_FAILED = 1
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=lambda: platformdirs.user_state_path("runner-agent"),
-    show_default="platform state dir",
+    default=None,
+    show_default="as `run`: env, config file, else /var/lib/runner-agent for root",
     help="The agent's state dir (holds the tuning record).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The agent's TOML config file (default: $RUNNER_AGENT_CONFIG, else "
+    f"{DEFAULT_CONFIG_FILE} when it exists); only its state-dir and cache-dir are used.",
 )
 @click.option(
     "--lock-path",
@@ -72,12 +82,13 @@ EXIT_RESTORE_FAILED = 1
 @click.option("--proc-root", type=click.Path(path_type=Path), default=Path("/proc"), hidden=True)
 def check(
     as_json: bool,
-    cache_dir: Path,
+    cache_dir: Path | None,
     benchmark_cpus: str | None,
     housekeeping_cpus: str | None,
     steal_sample: float,
     restore: bool,
-    state_dir: Path,
+    state_dir: Path | None,
+    config_file: Path | None,
     lock_path: Path,
     sys_root: Path,
     proc_root: Path,
@@ -94,6 +105,10 @@ def check(
       runner-agent check --benchmark-cpus 2-7 --housekeeping-cpus 0-1
       runner-agent check --restore --state-dir /var/lib/runner-agent   # undo a crashed agent's tuning
     """
+    try:
+        state_dir, cache_dir = resolve_dirs(state_dir, cache_dir, config_file, os.environ)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
     if restore:
         _restore(state_dir, sys_root, proc_root, lock_path, as_json)
         return
@@ -114,6 +129,25 @@ def check(
     else:
         click.echo(report.text())
     sys.exit(report.exit_code)
+
+
+def resolve_dirs(
+    state_dir: Path | None,
+    cache_dir: Path | None,
+    config_file: Path | None,
+    env: Mapping[str, str],
+    *,
+    default_config_file: Path | None = DEFAULT_CONFIG_FILE,
+) -> tuple[Path, Path]:
+    """The state and cache dirs `run` would use: flag > env > config file > default (root gets
+    /var/lib and /var/cache), so `check` finds the tuning record and the cache `run` uses."""
+    config = load_config(
+        {"state_dir": state_dir, "cache_dir": cache_dir},
+        env,
+        config_file,
+        default_config_file=default_config_file,
+    )
+    return config.state_dir, config.cache_dir
 
 
 def _restore(state_dir: Path, sys_root: Path, proc_root: Path, lock_path: Path, as_json: bool) -> None:

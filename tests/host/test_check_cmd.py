@@ -87,3 +87,29 @@ def test_restore(quiet_host: FakeHost, tmp_path: Path) -> None:
     assert quiet_host.read("proc/sys/vm/swappiness") == "60"
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "nothing to restore" in result.output
+
+
+def test_restore_finds_the_state_dir_run_uses(quiet_host: FakeHost, tmp_path: Path) -> None:
+    """Without --state-dir, check resolves the state dir as `run` does (env, config file, then the
+    default, which for root is /var/lib/runner-agent): otherwise it misses the record run left."""
+    quiet_host.write("proc/sys/vm/swappiness", "60\n")
+    state, lock = tmp_path / "state", tmp_path / "lock"
+    t = Tuner(quiet_host.sys, quiet_host.proc, state, lock, dev_root=tmp_path / "dev", require_root=False)
+    t.apply()
+    t._lock.release()  # crashed agent
+    roots = ["--lock-path", str(lock), "--sys-root", str(quiet_host.sys), "--proc-root", str(quiet_host.proc)]
+    result = CliRunner().invoke(
+        main, ["check", "--restore", *roots], env={"RUNNER_AGENT_STATE_DIR": str(state), "RUNNER_AGENT_CONFIG": ""}
+    )
+    assert result.exit_code == 0, result.output
+    assert "swappiness" in result.output and "restored" in result.output
+    assert quiet_host.read("proc/sys/vm/swappiness") == "60"
+    config = tmp_path / "config.toml"
+    t = Tuner(quiet_host.sys, quiet_host.proc, state, lock, dev_root=tmp_path / "dev", require_root=False)
+    t.apply()
+    t._lock.release()
+    config.write_text(f'state-dir = "{state}"\n')
+    result = CliRunner().invoke(main, ["check", "--restore", "--config", str(config), *roots])
+    assert result.exit_code == 0, result.output
+    assert quiet_host.read("proc/sys/vm/swappiness") == "60"
+
