@@ -92,9 +92,15 @@ def dev_server(
         persist_path=persist, spool_dir=spool,
     )
 
-    async def main() -> None:
+    async def main() -> str | None:
+        """Serve until SIGINT/SIGTERM; returns why the server could not start, if it could not."""
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(server.serve)
+            try:
+                bound = await nursery.start(server.serve)
+            except OSError as error:  # raised before serving, so not inside an exception group
+                return f"cannot serve on {host}:{port}: {error}"
+            except ValueError as error:  # a corrupt --persist file
+                return str(error)
             click.echo(f"dev server: http://{host}:{bound}")
             click.echo(f"runner: {runner.slug} ({runner.uuid})")
             if generated:
@@ -110,8 +116,8 @@ def dev_server(
                     click.echo("shutting down")
                     server.shutdown()
                     break
+        return None
 
-    try:
-        trio.run(main)
-    except OSError as error:
-        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from error
+    failure = trio.run(main)
+    if failure is not None:
+        raise click.ClickException(failure)

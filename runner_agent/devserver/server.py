@@ -191,19 +191,23 @@ class DevServer:
         await self.aclose()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until :meth:`shutdown`/:meth:`aclose`; reports the port to ``start``."""
+        """Listen and serve until :meth:`shutdown`/:meth:`aclose`; reports the port to ``start``.
+
+        A corrupt persistence file (``ValueError``) or an address that cannot be bound
+        (``OSError``) is raised as itself, before anything is served.
+        """
         try:
             self.store.load()
             if self._spool is not None:
                 self._spool.prepare()
                 for record in self.store.all():
                     self._spool.write_job(record)
+            listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
+            self._port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as background:
                 self._background = background
                 for job in self.store.startup_sweep(self.settings.heartbeat_timeout):
                     self.watch_job(job)
-                listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
-                self._port = listeners[0].socket.getsockname()[1]
                 if self._spool is not None:
                     background.start_soon(self._spool.run)
                 async with trio.open_nursery() as connections:

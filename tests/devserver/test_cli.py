@@ -83,3 +83,22 @@ async def test_dev_server_process_serves_a_spooled_job(tmp_path: Path) -> None:
                 assert closed.value.reason is not None
                 assert closed.value.reason.code == 1001
             assert await process.wait() == 0
+
+
+def test_busy_port_and_corrupt_persist_file_are_clear_errors(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["dev-server", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot serve on 127.0.0.1:{port}" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    persist = tmp_path / "jobs.json"
+    persist.write_text("{not json")
+    result = CliRunner().invoke(main, ["dev-server", "--port", "0", "--persist", str(persist)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot load job store {persist}" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
