@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,7 +68,9 @@ def collect_files(
     root: Path, paths: tuple[str, ...] | None, cap: int
 ) -> tuple[dict[str, bytes] | None, dict[str, int] | None]:
     """Bencher's rule: read each path (inside the root); a missing or unreadable file is skipped
-    with a warning; no file at all gives ``None``. Contents beyond ``cap`` bytes are not read."""
+    with a warning; no file at all gives ``None``. Contents beyond ``cap`` bytes are not read.
+    Only regular files are read (opened non-blocking: a FIFO the benchmark left must not stall
+    the agent)."""
     if paths is None:
         return None, None
     files: dict[str, bytes] = {}
@@ -75,8 +78,12 @@ def collect_files(
     for path in paths:
         try:
             host = resolve_in_root(root, path)
-            with open(host, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
+            fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise RootPathError(f"{path} is not a regular file")
+                size = info.st_size
                 data = fh.read(cap)
         except (RootPathError, OSError) as exc:
             log.warning("output file %s not collected: %s", path, exc)

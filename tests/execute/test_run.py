@@ -303,3 +303,19 @@ async def test_sandboxed_benchmark_has_no_capabilities(busybox_rootfs: Path, tmp
     out = outcome.results[0].stdout or ""
     assert "CapEff:\t0000000000000000" in out
     assert "MKNOD-ALLOWED" not in out
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_file_paths_that_are_not_regular_files_are_skipped(
+    busybox_rootfs: Path, tmp_path: Path, mode: SandboxMode
+) -> None:
+    # a FIFO left at a file path used to block the agent's event loop forever in open()
+    script = "mkfifo fifo.json; mkdir dir.json; echo '{}' > ok.json"
+    plan = plan_for(
+        busybox_rootfs, tmp_path, mode, script,
+        {"file_paths": ["/fifo.json", "/dir.json", "/ok.json"]},
+    )
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    assert outcome.status == "completed"
+    assert outcome.results[0].output == {"/ok.json": "{}\n"}
