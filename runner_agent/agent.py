@@ -243,7 +243,7 @@ class Agent:
                 if self._conn is not None:
                     self._conn.send.send_nowait(effect)
                 else:
-                    self._jobs_send.send_nowait(job)
+                    self._hand_off(job)
             case ch.StartBenchmark(job=uuid):
                 if self._go is not None and self._current_job is not None \
                         and self._current_job.uuid == uuid:
@@ -365,7 +365,7 @@ class Agent:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 if isinstance(item, ch.PrepareJob):
-                    self._jobs_send.send_nowait(item.job)
+                    self._hand_off(item.job)
             now = trio.current_time()
             if conn.closed_by_us is not None:
                 self._feed(ch.ConnectionClosed(now, None, "", f"closed by the agent: {conn.closed_by_us}"))
@@ -413,7 +413,7 @@ class Agent:
         async for item in conn.receive:
             try:
                 if isinstance(item, ch.PrepareJob):
-                    self._jobs_send.send_nowait(item.job)
+                    self._hand_off(item.job)
                 elif isinstance(item, ch.SendPing):
                     nursery.start_soon(self._ping, conn)
                 else:
@@ -442,6 +442,14 @@ class Agent:
 
     # -- the job executor ----------------------------------------------------------------------------
 
+    def _hand_off(self, job: ClaimedJob) -> None:
+        """Queue ``job`` for the executor. Its `JobControl` exists from this moment, so an abort
+        that comes before the executor picks the job up (a lost connection, a ``cancel`` reply, a
+        second signal) is kept and stops the job instead of leaving it waiting for a go."""
+        self._control, self._go, self._current_job = JobControl(), trio.Event(), job
+        self._abort_requested_at = None
+        self._jobs_send.send_nowait(job)
+
     async def _job_task(self) -> None:
         async for job in self._jobs_receive:
             await self._run_job(job)
@@ -455,10 +463,9 @@ class Agent:
         control.request_cancel(reason, outcome="canceled" if by_server else "failed")
 
     async def _run_job(self, job: ClaimedJob) -> None:
-        control = JobControl()
-        self._control, self._go, self._current_job = control, trio.Event(), job
+        control = self._control
+        assert control is not None and self._current_job is job, "jobs come through _hand_off"
         self._job_started_at = trio.current_time()
-        self._abort_requested_at = None
         self._stat("job_started", str(job.uuid))
         log.info("job %s: preparing image %s", job.uuid, job.config.image or job.config.digest,
                  extra={"fields": {"job": str(job.uuid), "digest": job.config.digest,
