@@ -265,10 +265,13 @@ class Agent:
                 self._stat("outbox_depth", self.outbox.depth)
             case ch.DeadLetter(job=job, reason=reason):
                 try:
-                    path = self.outbox.dead_letter(job, reason)
+                    path = self.outbox.dead_letter(job, reason, message=effect.message,
+                                                   attempts=effect.attempts)
                     log.error("result of job %s moved to %s: %s", job, path, reason)
                 except OutboxError as e:
-                    log.error("could not dead-letter the result of job %s: %s", job, e)
+                    # The last copy is in memory: put it in the log rather than lose it.
+                    log.error("could not dead-letter the result of job %s (%s): %s; the message "
+                              "was: %s", job, reason, e, encode(effect.message))
                 self._stat("outbox_depth", self.outbox.depth)
             case ch.Exit():
                 # Let an open connection close gracefully (bounded by close_timeout); the

@@ -316,8 +316,16 @@ class DeleteMessage:
 
 @frozen
 class DeadLetter:
-    job: UUID
+    """Move ``message`` to the dead-letter folder: ``attempts`` sends got no ack. It carries the
+    message itself, so it can be kept even when it never reached the outbox (e.g. a full disk)."""
+
+    message: TerminalMessage
+    attempts: int
     reason: str
+
+    @property
+    def job(self) -> UUID:
+        return terminal_job(self.message)
 
 
 @frozen
@@ -817,7 +825,7 @@ class Channel:
             if item.attempts >= self.config.max_attempts:
                 del self.pending[uuid]
                 reason = f"not acknowledged after {item.attempts} attempts"
-                self._out.append(DeadLetter(uuid, reason))
+                self._out.append(DeadLetter(item.message, item.attempts, reason))
                 self._log(LogLevel.ERROR, f"job {uuid}: result moved to dead-letter: {reason}")
                 continue
             item.attempts += 1

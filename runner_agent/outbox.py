@@ -127,9 +127,17 @@ class Outbox:
             raise OutboxError(f"cannot remove delivered message {path}: {exc}") from exc
         return removed or known
 
-    def dead_letter(self, job: UUID, reason: str) -> Path:
-        """Move ``job``'s message to the dead-letter folder with ``reason``; returns its new path."""
+    def dead_letter(
+        self, job: UUID, reason: str, *, message: TerminalMessage | None = None, attempts: int = 0
+    ) -> Path:
+        """Move ``job``'s message to the dead-letter folder with ``reason``; returns its new path.
+
+        ``message``/``attempts`` are used when the message is not in the outbox (its write had
+        failed), so a message the caller still holds is dead-lettered all the same.
+        """
         entry = self._entries.get(job)
+        if entry is None and message is not None and terminal_job(message) == job:
+            entry = OutboxEntry(job=job, message=message, attempts=attempts, first_queued=self._clock())
         if entry is None:
             raise OutboxError(f"no pending message for job {job} to dead-letter")
         record = self._record(entry)

@@ -395,7 +395,9 @@ def test_exhausted_message_goes_to_dead_letter_never_dropped_silently() -> None:
         assert of(effects, PersistMessage)[0].attempts == attempt
         h.close()  # e.g. the server drops the connection on this message
     effects = h.open()
-    assert of(effects, DeadLetter) == [DeadLetter(JOB1.uuid, "not acknowledged after 3 attempts")]
+    assert of(effects, DeadLetter) == [
+        DeadLetter(Completed(JOB1.uuid, RESULT), 3, "not acknowledged after 3 attempts")
+    ]
     assert [e for e in of(effects, Log) if e.level is LogLevel.ERROR and "dead-letter" in e.text]
     assert sends(effects) == [Ready(poll_timeout=55)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -181,6 +182,33 @@ def test_dead_letter_moves_message_with_reason(tmp_path: Path, caplog: pytest.Lo
     assert "dead-letter" in caplog.text
     with pytest.raises(OutboxError):
         box.dead_letter(JOB_A, "again")
+
+
+def test_dead_letter_of_a_message_whose_write_had_failed(tmp_path: Path) -> None:
+    # The disk was full when the result was persisted, so only the caller holds it; when its
+    # attempts run out it must still reach the dead-letter folder.
+    full = [True]
+
+    def rename(src: str, dst: str) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.replace(src, dst)
+
+    box = Outbox(tmp_path, rename=rename)
+    message = Completed(job=JOB_A, results=())
+    with pytest.raises(OutboxError):
+        box.put(message, attempts=1)
+    full[0] = False
+    with pytest.raises(OutboxError):
+        box.dead_letter(JOB_A, "no ack")  # nothing stored and nothing given
+    with pytest.raises(OutboxError):
+        box.dead_letter(JOB_B, "no ack", message=message, attempts=3)  # another job's message
+    target = box.dead_letter(JOB_A, "not acknowledged after 3 attempts", message=message, attempts=3)
+    record = json.loads(target.read_text())
+    assert record["message"] == encode(message)
+    assert record["attempts"] == 3
+    assert record["reason"] == "not acknowledged after 3 attempts"
+    assert Outbox(tmp_path).load() == []
 
 
 def test_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
