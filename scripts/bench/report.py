@@ -328,22 +328,23 @@ def draw_chart(table: Table, title: str, path: Path) -> None:
     ax.set_xlabel(f"median{f' ({table.unit})' if table.unit else ''}; whisker: p95")
     ax.set_title(f"{title}: {table.name}", fontsize=10)
     base = table.row(table.baseline) if table.baseline else None
-    drawn = False
+    lines: dict[tuple[float, str], list[str]] = {}  # one dashed line per position, rows joined
     for target in table.targets:
         if target.stat == "ratio" and base is None:
             continue
         at = target.value * base.median if target.stat == "ratio" and base is not None else target.value
-        what = (f"{fmt(target.value)}x baseline" if target.stat == "ratio"
-                else f"{target.stat} {fmt(target.value)}")
+        what = (f"median {target.op} {fmt(target.value)}x baseline" if target.stat == "ratio"
+                else f"{target.stat} {target.op} {fmt(target.value)}")
+        lines.setdefault((at, what), []).append(target.row)
+    for (at, what), rows in lines.items():
         ax.axvline(at, color="#c0392b", linestyle="--", linewidth=1,
-                   label=f"target: {target.row} {target.op} {what}")
-        drawn = True
-    if drawn:
+                   label=f"target: {', '.join(rows)} {what}")
+    if lines:
         ax.legend(loc="lower right", fontsize=7)
     for y, (value, name) in enumerate(zip(medians, names, strict=True)):
         ratio = table.ratio(table.rows[y])
         label = fmt(value) + (f"  ({ratio:.2f}x)" if ratio and name != table.baseline else "")
-        ax.text(value, y, " " + label, va="center", fontsize=8)
+        ax.text(value + whiskers[y], y, " " + label, va="center", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
