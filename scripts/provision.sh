@@ -79,7 +79,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(bubblewrap pipx python3-venv ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  # no pipe into grep -q: under pipefail an early grep exit can fail the pipeline (SIGPIPE)
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
@@ -102,7 +103,10 @@ AGENT="$PIPX_BIN_DIR/runner-agent"
 
 echo "==> 3/5 preflight: runner-agent check"
 check_status=0
-"$AGENT" check || check_status=$?
+check_args=(check)
+# with the service's config file, check looks at the cache and state dirs the service will use
+[ -z "$CONFIG" ] || check_args+=(--config "$CONFIG")
+"$AGENT" "${check_args[@]}" || check_status=$?
 case "$check_status" in
   0) echo "    fit for benchmarking" ;;
   10) echo "    usable, with warnings (see the fixes above)" ;;
