@@ -106,17 +106,6 @@ class Outbox:
         self._write(entry)
         return entry
 
-    def record_attempt(self, job: UUID) -> int:
-        """Count one more delivery attempt for ``job``; returns the new count."""
-        entry = self._entries.get(job)
-        if entry is None:
-            raise OutboxError(f"no pending message for job {job} in {self.dir}")
-        updated = OutboxEntry(
-            job=job, message=entry.message, attempts=entry.attempts + 1, first_queued=entry.first_queued
-        )
-        self._write(updated)
-        return updated.attempts
-
     def remove(self, job: UUID) -> bool:
         """Forget ``job``'s message (its own ack arrived). Returns False if it was not pending."""
         known = self._entries.pop(job, None) is not None

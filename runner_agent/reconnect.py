@@ -84,18 +84,12 @@ class ConnectionLoop:
         self._on_reconnect = on_reconnect or (lambda reason: None)
         self._on_state = on_state or (lambda state: None)
         self._stop = trio.Event()
-        self._wake = trio.Event()
         self.attempts = 0
         self._auth_warned = False
 
     def stop(self) -> None:
         """End the loop after the current session (the session itself is ended by its owner)."""
         self._stop.set()
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Skip the current backoff wait (e.g. a job just finished and a result awaits delivery)."""
-        self._wake.set()
 
     async def run(self) -> None:
         """Loop until `stop()`; raises `AuthRejected` per the policy in the module docstring."""
@@ -110,7 +104,6 @@ class ConnectionLoop:
                     await self._stop.wait()
                 if self._stop.is_set():
                     return
-            self._wake = trio.Event()
             reason = await self._attempt()
             if self._stop.is_set():
                 return

@@ -49,16 +49,14 @@ def test_put_load_round_trip_oldest_first(tmp_path: Path) -> None:
     assert on_disk["message"] == encode(Canceled(job=JOB_B))
 
 
-def test_record_attempt_is_durable_and_keeps_first_queued(tmp_path: Path) -> None:
+def test_attempts_are_durable_and_a_rewrite_keeps_first_queued(tmp_path: Path) -> None:
     box = Outbox(tmp_path, clock=ticking_clock())
     first = box.put(Canceled(job=JOB_A))
-    assert box.record_attempt(JOB_A) == 1
-    assert box.record_attempt(JOB_A) == 2
+    assert box.put(Canceled(job=JOB_A), attempts=1).attempts == 1
+    assert box.put(Canceled(job=JOB_A), attempts=2).attempts == 2
     (entry,) = Outbox(tmp_path).load()
     assert entry.attempts == 2
     assert entry.first_queued == first.first_queued
-    with pytest.raises(OutboxError, match=str(JOB_B)):
-        box.record_attempt(JOB_B)
 
 
 def test_remove_only_the_acknowledged_job(tmp_path: Path) -> None:
