@@ -1,7 +1,8 @@
 """One iteration: a private root, the gated child, concurrent bounded draining, file collection.
 
-On cancellation (job cancel or timeout) the kill ladder runs shielded, so the process tree is
-gone before the cancellation propagates; ``metrics`` is set in every case once the root exited.
+On cancellation (job cancel or timeout) or any other exception (KeyboardInterrupt) the kill
+ladder runs shielded, so the process tree is gone before the exception propagates; ``metrics``
+is set in every case once the root exited.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Iteration:
                 child.release()
                 await child.wait()
                 await child.kill_rest()  # leftovers of a finished benchmark (host mode)
-            except trio.Cancelled:
+            except BaseException:  # cancel, timeout, KeyboardInterrupt, a failing drain...
                 with trio.CancelScope(shield=True):
                     await child.terminate(self.plan.options.kill_grace)
                     self._record(child, out, err)

@@ -153,3 +153,34 @@ def test_layout_dir_in_host_mode(layout: Path, tmp_path: Path) -> None:
     ])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"] == [{"exit_code": 0, "stdout": "host\n"}]
+
+
+def test_ctrl_c_during_a_host_mode_run_leaves_no_process(layout: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+
+    from tests.execute.jobs import processes_with
+
+    marker = f"{os.getpid()}{uuid.uuid4().int % 10**6}"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner_agent", "exec", str(layout), "--danger-allow-no-sandbox",
+             "--cache-dir", str(tmp_path / "cache"), "--",
+             "/bin/sh", "-c", f"echo up | nc 127.0.0.1 {port}; sleep {marker}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            conn, _ = server.accept()  # the benchmark is running
+            conn.close()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    survivors = processes_with(f"sleep\0{marker}")
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
