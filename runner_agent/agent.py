@@ -198,7 +198,8 @@ class Agent:
         return [ch.Pending(e.message, e.attempts) for e in entries]
 
     def _flush_outbox_memory(self) -> None:
-        """At exit, make sure every result the channel still holds is on disk (best effort)."""
+        """At exit (every way `run` ends), make sure every result the channel still holds is on
+        disk (best effort)."""
         for job, item in list(self.channel.pending.items()):
             if self.outbox.get(job) is None:
                 try:
@@ -325,7 +326,6 @@ class Agent:
             await self._loop.run()
         except AuthRejected as e:
             log.error("%s; exiting with status %d", e, EXIT_AUTH_REJECTED)
-            self._flush_outbox_memory()
             self._finish(EXIT_AUTH_REJECTED)
         else:
             self._finish(self.exit_code)
@@ -578,7 +578,6 @@ class Agent:
         left = len(self.channel.pending) + (1 if self.channel.job is not None else 0)
         log.error("could not deliver %d result(s) within %.0f s of the abort; they stay in %s for "
                   "the next start", left, self.abort_delivery_grace, self.outbox.dir)
-        self._flush_outbox_memory()
         self._finish(EXIT_FAILURE)
 
     # -- telemetry -----------------------------------------------------------------------------------
