@@ -40,8 +40,11 @@ def job_config(**changes: Any) -> JobConfig:
 @pytest.fixture
 def io_clock() -> trio.testing.MockClock:
     """A MockClock for tests with real sockets: threshold 0 would jump the clock while a frame
-    is in flight on loopback (trio's MockClock docs), so it jumps after 100 ms of real idleness."""
-    return trio.testing.MockClock(autojump_threshold=0.1)
+    is in flight on loopback (trio's MockClock docs), so it jumps only after 300 ms of real
+    idleness. That must outlast any stall of a loaded machine between a send and its receipt,
+    or the clock leaps to the next deadline (a heartbeat window) mid-exchange; each jump costs
+    that much real time, so tests keep their number of timed waits small."""
+    return trio.testing.MockClock(autojump_threshold=0.3)
 
 
 @asynccontextmanager
