@@ -123,7 +123,14 @@ def _write_value(path: Path, value: str) -> None:
 
 
 def _remove_dir(path: Path) -> None:
+    """Remove a directory the tuner created, and first any directories left inside it: a crash
+    mid-job leaves the job's (empty) cgroup in the partition cgroup, and cgroupfs refuses to remove
+    a cgroup with children. Only ``rmdir`` is used, so a non-empty directory (a cgroup with live
+    processes, or any file on a normal file system) raises and the change stays recorded."""
     try:
+        inner = [Path(top) / name for top, dirs, _ in os.walk(path, topdown=False) for name in dirs]
+        for child in inner:
+            os.rmdir(child)
         os.rmdir(path)
     except FileNotFoundError:
         return

@@ -290,3 +290,36 @@ def test_irq_steering_leaves_equal_padded_masks(quiet_host: FakeHost, tmp_path: 
     assert quiet_host.read("sys/devices/virtual/workqueue/cpumask") == "00000000,00000003\n"
     assert quiet_host.read("proc/irq/10/smp_affinity_list") == "0-1\n"
     t.restore()
+
+
+def test_crash_recovery_removes_a_created_cgroup_with_leftover_empty_children(
+    quiet_host: FakeHost, tmp_path: Path
+) -> None:
+    """A crash mid-job leaves an (empty) job cgroup inside the partition cgroup the tuner made;
+    cgroupfs refuses rmdir of a cgroup with children, so recovery removes them first."""
+    created = quiet_host.sys / "fs/cgroup/runner-agent-jobs"
+    created.parent.mkdir(parents=True, exist_ok=True)
+    t = tuner(quiet_host, tmp_path, skip=["cstates"])
+    t.apply()
+    assert t.record_mkdir("cpuset_partition", created)
+    (created / "job-1234").mkdir()  # the crashed agent's job cgroup (cgroupfs dirs list no files to rmdir)
+    t._lock.release()  # crash: the record stays
+    results = recover_after_crash(tmp_path / "state", quiet_host.sys, quiet_host.proc, tmp_path / "run" / "tuning.lock")
+    assert [r.error for r in results if r.change.kind == "rmdir"] == [None]
+    assert not created.exists()
+    assert not (tmp_path / "state" / RECORD_NAME).exists()
+
+
+def test_created_dir_holding_a_file_is_not_emptied(quiet_host: FakeHost, tmp_path: Path) -> None:
+    """Only directories are removed: anything else inside keeps the change recorded as failed."""
+    created = quiet_host.sys / "fs/cgroup/runner-agent-jobs"
+    created.parent.mkdir(parents=True, exist_ok=True)
+    t = tuner(quiet_host, tmp_path, skip=["cstates"])
+    t.apply()
+    assert t.record_mkdir("cpuset_partition", created)
+    (created / "job-1").mkdir()
+    (created / "job-1" / "keep").write_text("data")
+    results = t.restore()
+    assert [r.change.kind for r in results if r.error is not None] == ["rmdir"]
+    assert (created / "job-1" / "keep").read_text() == "data"
+    assert (tmp_path / "state" / RECORD_NAME).exists()
