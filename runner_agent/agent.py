@@ -537,7 +537,10 @@ class Agent:
         finally:
             if prepared is not None:
                 with trio.CancelScope(shield=True):
-                    await self.runner.release(prepared)
+                    try:
+                        await self.runner.release(prepared)
+                    except Exception:  # clean-up must not replace the job's result
+                        log.exception("job %s: releasing its resources failed", job.uuid)
 
     @staticmethod
     def _aborted(job: ClaimedJob, control: JobControl) -> TerminalMessage:
