@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 import struct
 import uuid
 from collections.abc import Callable
@@ -264,7 +265,7 @@ def summary_lines(result: DemoResult, width: int = 40) -> list[str]:
         )
     walls = [r.metrics.wall_s * 1000 for r in result.iterations]
     lines.append("")
-    lines.append(f"wall time: min {min(walls):.1f} ms, median {_median(walls):.1f} ms, "
+    lines.append(f"wall time: min {min(walls):.1f} ms, median {statistics.median(walls):.1f} ms, "
                  f"max {max(walls):.1f} ms, CV {_cv(walls) * 100:.1f}%")
     lines.append("")
     lines.append("iteration wall times:")
@@ -291,18 +292,12 @@ def _bmf_text(bmf: dict[str, Any] | None) -> str:
     return ", ".join(parts) or "-"
 
 
-def _median(values: list[float]) -> float:
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
-
-
 def _cv(values: list[float]) -> float:
+    """Coefficient of variation (sample standard deviation / mean); 0 for fewer than two values."""
     if len(values) < 2:
         return 0.0
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return (var ** 0.5) / mean if mean else 0.0
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean else 0.0
 
 
 __all__ = ["DemoError", "DemoResult", "build_demo_image", "run_demo", "summary_lines"]
