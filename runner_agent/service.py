@@ -13,6 +13,8 @@ Why the unit looks like it does:
   needs an operator (fix it, then ``systemctl restart runner-agent``).
 - ``StateDirectory=``/``CacheDirectory=`` create ``/var/lib/runner-agent`` (outbox, dead letters)
   and ``/var/cache/runner-agent`` (images): the agent's defaults when running as root.
+- ``Delegate=yes``: the agent makes a cgroup per job (cpuset, memory, pids) below its own;
+  systemd hands that subtree to the agent only when delegated, and otherwise owns it.
 - The key is only in the environment file (mode 0600, created that way, never world-readable).
 """
 
@@ -144,6 +146,7 @@ RestartPreventExitStatus=2
 KillMode=mixed
 KillSignal=SIGTERM
 TimeoutStopSec={spec.drain_timeout_s}
+Delegate=yes
 StateDirectory={UNIT_NAME}
 StateDirectoryMode=0700
 CacheDirectory={UNIT_NAME}

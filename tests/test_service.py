@@ -89,6 +89,7 @@ def test_unit_directives(tmp_path: Path, key_file: Path) -> None:
     assert service["CacheDirectory"] == "runner-agent"
     assert int(service["LimitNOFILE"]) >= 65536
     assert service["RestartPreventExitStatus"] == "2"
+    assert service["Delegate"] == "yes"  # per-job cgroups under the service's own cgroup
     assert unit["Unit"]["After"] == "network-online.target"
     assert unit["Unit"]["Wants"] == "network-online.target"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
