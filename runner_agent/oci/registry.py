@@ -177,7 +177,10 @@ class RegistryClient:
             await trio.sleep(self.retry.delay(attempt - 1))
 
     async def _fail_status(self, resp: httpx.Response, what: str) -> None:
-        body = (await resp.aread())[:200]
+        try:
+            body = (await resp.aread())[:200]
+        except httpx.TransportError as err:  # the status is the news; the body is a detail
+            body = f"(body unreadable: {err!r})".encode()
         await resp.aclose()
         if resp.status_code == 404:
             raise ImageNotFoundError(
@@ -204,8 +207,8 @@ class RegistryClient:
                     body += chunk
                     if len(body) > MAX_MANIFEST_BYTES:
                         raise ManifestError(f"{what} at {url} exceeds {MAX_MANIFEST_BYTES} bytes")
-            except (httpx.RemoteProtocolError, httpx.ReadError) as err:
-                raise TruncatedBlobError(f"{what} at {url}: body ended early ({err})") from None
+            except httpx.TransportError as err:  # cut off, reset, or stalled past the read timeout
+                raise TruncatedBlobError(f"{what} at {url}: body not received in full ({err!r})") from None
             return bytes(body), resp.headers.get("content-type")
         finally:
             await resp.aclose()

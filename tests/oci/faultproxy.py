@@ -1,5 +1,6 @@
 """A small HTTP front for the real registry that injects faults: 5xx answers, truncated blob
-bodies, blob bodies stalled halfway until released, and replaced manifest bodies. Everything else is forwarded unchanged."""
+bodies, blob or manifest bodies stalled halfway until released, and replaced manifest bodies.
+Everything else is forwarded unchanged."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Faults:
     truncate_blobs: bool = False
     truncate_times: int | None = None  # with truncate_blobs: only this many times
     stall_blobs: bool = False
+    stall_manifests: bool = False
     manifest_body: bytes | None = None
     manifest_type: str | None = None
     stalled: threading.Event = field(factory=threading.Event)
@@ -84,7 +86,9 @@ def run_fault_proxy(upstream: str) -> Iterator[FaultProxy]:
                 if cut:
                     self.wfile.write(body[: len(body) // 2])
                     return  # the connection closes with the body incomplete
-            if is_blob and len(body) > 1 and faults.stall_blobs:
+            is_manifest = "/manifests/" in self.path and status == 200
+            stall = (is_blob and faults.stall_blobs) or (is_manifest and faults.stall_manifests)
+            if len(body) > 1 and stall:
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
                 faults.stalled.set()

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -227,3 +228,14 @@ async def test_interrupted_body_fetched_again(unique_image: RegistryImage, proxy
         image = await prepare_image(source(unique_image, proxy.url), cache, retry=FAST_RETRY)
     assert (image.rootfs / "etc/unique").stat().st_size == 64 * 1024
     assert proxy.faults.truncate_times == 0
+
+
+async def test_manifest_body_read_timeout_is_an_image_error(
+    busybox_image: RegistryImage, proxy: FaultProxy, cache: ImageCache
+) -> None:
+    # headers arrive, then the body stalls: httpx's ReadTimeout must become a readable job error
+    proxy.faults.stall_manifests = True
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=0.2)) as client:
+        with trio.fail_after(30), pytest.raises(TruncatedBlobError, match=r"manifest .*body not received in full \(ReadTimeout"):
+            await prepare_image(source(busybox_image, proxy.url), cache, client=client, retry=FAST_RETRY)
+    assert_clean(cache)
