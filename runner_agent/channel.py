@@ -50,8 +50,9 @@ How a driver uses it
 5. :class:`Send` → ``protocol.encode`` and send as a Text frame; :class:`SendPing` → WebSocket ping.
    :class:`PersistMessage` → ``outbox.put(message, attempts)`` *before* performing the following
    :class:`Send`; :class:`DeleteMessage` → ``outbox.remove``; :class:`DeadLetter` →
-   ``outbox.dead_letter``. If the outbox write fails, log it and carry on: the channel still holds the
-   message in memory and the next :class:`PersistMessage` for it retries the write.
+   ``outbox.dead_letter`` with the message it carries (the outbox may never have stored it). If an
+   outbox write fails, log it and carry on: the channel still holds the message in memory and the
+   next :class:`PersistMessage` for it retries the write; a failed dead-letter logs the message.
 6. :class:`PrepareJob` → start preparing the job (pull, unpack) in the job task and feed
    :class:`ImageReady` when done. :class:`StartBenchmark` → run it. :class:`AbortJob` → cancel the job
    task (kill ladder). Whatever happens, the job task ends with exactly one :class:`JobFinished` carrying
