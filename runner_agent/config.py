@@ -121,7 +121,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.1, maximum=600),
     Setting("exit_on_auth_failure", "bool", "Exit with status 3 when authentication is probably "
             "rejected (repeated immediate closes). HTTP 401/403 always exit 3.", False),
-    Setting("ack_timeout", "float", "Seconds to wait for a result's own ack before re-sending.", 10.0,
+    Setting("ack_timeout", "float", "Seconds to wait for the server's reply to any message that "
+            "expects one (running, heartbeat, a result); when it expires the connection is closed "
+            "and unacknowledged results are re-sent first on the next one.", 10.0,
             minimum=0.1, maximum=3600),
     Setting("max_delivery_attempts", "int", "Sends of one result before it is dead-lettered.", 10,
             minimum=1, maximum=1000),
