@@ -10,6 +10,9 @@ Health follows Buildkite's agent watchdog: the agent is healthy only after a rec
 contact with the server. When the server has been silent for longer than ``max_silence_s`` while a
 job runs, the verdict is *degraded* (the benchmark goes on and its result is kept for the next
 connection) — still not healthy, but the reason says so, so nobody restarts a busy agent blindly.
+An upgrade counts as contact, except after a reconnect classed ``auth_rejected``: Bencher answers a
+wrong key by accepting the upgrade and then closing, so from then on only a frame from the server
+counts, until one arrives.
 
 All times are seconds from the injected ``clock`` (default ``time.time``, so the
 ``*_timestamp_seconds`` gauges are Unix times); methods taking ``now`` use the clock when it is
@@ -175,6 +178,7 @@ class AgentStats:
         self._last_contact: float | None = None
         self._running_job: str | None = None
         self._last_reconnect_reason: str | None = None
+        self._auth_rejected = False  # since the last auth_rejected reconnect, no frame arrived
         self.connection_state("disconnected")
 
     # -- updates (called by the driver) ------------------------------------------------------
@@ -193,12 +197,17 @@ class AgentStats:
         self._state_gauge.labels(state=state).set(1)
 
     def connected(self, now: float | None = None) -> None:
-        """The WebSocket upgrade succeeded: state ``connected`` and a successful contact."""
+        """The WebSocket upgrade succeeded: state ``connected`` and a successful contact (not
+        proof of a working key after an ``auth_rejected`` reconnect; see the module docstring)."""
         self.connection_state("connected")
-        self.contact(now)
+        self._touch(now)
 
     def contact(self, now: float | None = None) -> None:
-        """Any frame arrived from the server: the link is alive at ``now``."""
+        """Any frame arrived from the server: the link is alive at ``now`` (and the key works)."""
+        self._touch(now)
+        self._auth_rejected = False
+
+    def _touch(self, now: float | None) -> None:
         at = self._clock() if now is None else _non_negative("now", now)
         self._last_contact = at
         self._last_contact_gauge.set(at)
@@ -212,6 +221,8 @@ class AgentStats:
             raise ValueError(f"reconnect reason must be a non-empty string, got {reason!r}")
         self._reconnects.labels(reason=reconnect_class(reason)).inc()
         self._last_reconnect_reason = reason
+        if reconnect_class(reason) == "auth_rejected":
+            self._auth_rejected = True
         self.connection_state("disconnected")
 
     def job_started(self, job: str | HasUuid) -> None:
@@ -287,10 +298,13 @@ class AgentStats:
                 max_silence_s=limit,
             )
 
-        if since is not None and since <= limit:
+        if since is not None and since <= limit and not self._auth_rejected:
             doing = f"running job {job}" if job else "idle"
             return report("ok", f"server contacted {since:.1f} s ago; {doing}; state {self._state}")
-        if since is None:
+        if self._auth_rejected:
+            silence = ("the server closes each connection right after the upgrade "
+                       "(authentication probably rejected) and has sent no frame since")
+        elif since is None:
             silence = "no successful contact with the server yet"
         else:
             silence = f"no contact with the server for {since:.1f} s (limit {limit:g} s)"

@@ -178,3 +178,27 @@ def test_non_number_duration_is_a_type_error() -> None:
     stats = AgentStats(clock=FakeClock())
     with pytest.raises(TypeError, match="number of seconds"):
         stats.heartbeat_rtt("0.1")  # type: ignore[arg-type]
+
+
+def test_upgrades_that_the_server_closes_for_auth_are_not_health() -> None:
+    """Bencher rejects a wrong key by accepting the upgrade and closing: those upgrades are not
+    successful contact, so /healthz stays unhealthy until the server sends a frame."""
+    clock = FakeClock()
+    stats = AgentStats(clock=clock)
+    for _ in range(3):
+        stats.connection_state("connecting")
+        stats.connected()
+        stats.reconnect("auth_rejected")
+        clock.advance(1.0)
+    stats.connected()  # the next upgrade: still no frame from the server
+    verdict = stats.health(max_silence_s=60)
+    assert verdict.status == "unhealthy"
+    assert "authentication" in verdict.reason and "auth_rejected" in verdict.reason
+    stats.job_started("job-1")
+    assert stats.health(max_silence_s=60).status == "degraded"
+    stats.job_finished("completed", 1.0)
+    stats.contact()  # a frame (e.g. no_job): the key works
+    assert stats.health(max_silence_s=60).status == "ok"
+    stats.reconnect("connection_lost")  # other reconnect reasons do not taint later upgrades
+    stats.connected()
+    assert stats.health(max_silence_s=60).status == "ok"
