@@ -6,6 +6,7 @@ from attrs import field, frozen
 from attrs.validators import ge, gt, le
 
 from runner_agent.devserver.auth import RateLimits
+from runner_agent.devserver.token import DEFAULT_ISSUER
 
 
 @frozen
@@ -20,5 +21,5 @@ class DevServerSettings:
     rate_limits: RateLimits | None = None  # None: no connection rate limit (the default)
     connect_timeout: float = field(default=10.0, validator=gt(0))
     close_timeout: float = field(default=5.0, validator=gt(0))
-    issuer: str = "http://localhost:6610/"
+    issuer: str = DEFAULT_ISSUER
     frame_log_size: int = field(default=100_000, validator=gt(0))  # frames kept in DevServer.frames
