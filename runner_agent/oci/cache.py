@@ -111,7 +111,9 @@ class ImageCache:
         self.clock = clock
         for sub in ("blobs", "rootfs", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root / "rootfs", 0o755)
+        # unpacked images keep their owners and set-uid bits: no other local user may reach them
+        for private in ("rootfs", "tmp"):
+            os.chmod(self.root / private, 0o700)
         self._clean_tmp()
         self._reconcile()
 

@@ -239,3 +239,17 @@ async def test_reopen_reconciles_index(busybox_image: RegistryImage, tmp_path: P
         await reopened.evict()
     assert not image.rootfs.exists()
     assert reopened.index() == {}
+
+
+async def test_unpacked_images_are_private_to_the_agent(tmp_path: Path) -> None:
+    # a set-uid root binary from an image must not be executable by other users of the host
+    root = tmp_path / "cache-root"
+    root.mkdir(mode=0o755)
+    src, _ = _tiny_image(tmp_path / "img", 1000)
+    cache = ImageCache(root)
+    with trio.fail_after(30):
+        image = await prepare_image(src, cache)
+    image.release()
+    for sub in ("rootfs", "tmp"):
+        assert (root / sub).stat().st_mode & 0o777 == 0o700, sub
+    assert image.rootfs.is_relative_to(root / "rootfs")
