@@ -150,7 +150,14 @@ class Channel:
             nursery.start_soon(self._writer, writer_done)
             ending: Ending | None = None
             with self._scope:
-                ending = await self._loop()
+                try:
+                    ending = await self._loop()
+                except OSError as error:
+                    # The store could not save a change (Bencher: a database error in the
+                    # handler): drop this connection without a reply, as Bencher does; the
+                    # background timeout task watches an unfinished job.
+                    log.error("connection %d: handler error: %s", self.conn_id, error)
+                    ending = Ending.drop(f"handler error: {error}")
             if self._external is not None and (ending is None or self._scope.cancelled_caught):
                 ending = self._external
             assert ending is not None

@@ -116,3 +116,27 @@ async def test_default_server_generates_a_key(io_clock: trio.testing.MockClock) 
             async with client(running, key=running.key, runner="dev-runner") as ws:
                 await send(ws, {"event": "ready", "poll_timeout": 1})
                 assert await recv(ws) == {"event": "no_job"}
+
+
+async def test_a_store_write_error_drops_only_that_connection(
+    io_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Like a database error in Bencher's handler: the connection is dropped without a reply and
+    the server goes on serving (it must not take every other connection down with it)."""
+    import shutil
+
+    folder = tmp_path / "store"
+    with trio.fail_after(600):
+        async with dev_server(persist_path=folder / "jobs.json") as server:
+            job = server.submit_job(job_config())
+            async with client(server) as ws:
+                await claim(ws)
+                shutil.rmtree(folder)
+                folder.write_text("not a folder")  # the next save fails
+                await send(ws, {"event": "running"})
+                await expect_dropped(ws)
+            folder.unlink()
+            async with client(server) as ws:
+                await send(ws, {"event": "ready", "poll_timeout": 1})
+                assert await recv(ws) == {"event": "no_job"}
+            assert server.job_status(job) in (JobStatus.CLAIMED, JobStatus.RUNNING)
