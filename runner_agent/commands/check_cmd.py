@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from runner_agent.config import DEFAULT_CONFIG_FILE, ConfigError, load_config
+from runner_agent.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load_config
 from runner_agent.host.layout import LayoutError
 from runner_agent.host.lock import DEFAULT_LOCK_PATH, TuningLockedError
 from runner_agent.host.preflight import run_preflight
@@ -69,7 +69,8 @@ EXIT_RESTORE_FAILED = 1
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="The agent's TOML config file (default: $RUNNER_AGENT_CONFIG, else "
-    f"{DEFAULT_CONFIG_FILE} when it exists); only its state-dir and cache-dir are used.",
+    f"{DEFAULT_CONFIG_FILE} when it exists); its state-dir, cache-dir, benchmark-cpus "
+    "and housekeeping-cpus are used.",
 )
 @click.option(
     "--lock-path",
@@ -106,21 +107,24 @@ def check(
       runner-agent check --restore --state-dir /var/lib/runner-agent   # undo a crashed agent's tuning
     """
     try:
-        state_dir, cache_dir = resolve_dirs(state_dir, cache_dir, config_file, os.environ)
+        # the CPU flags stay out: a malformed list is reported as a layout finding, below
+        config = run_settings({"state_dir": state_dir, "cache_dir": cache_dir}, config_file, os.environ)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     if restore:
-        _restore(state_dir, sys_root, proc_root, lock_path, as_json)
+        _restore(config.state_dir, sys_root, proc_root, lock_path, as_json)
         return
     try:
         report = run_preflight(
-            cache_dir=cache_dir,
+            cache_dir=config.cache_dir,
             sys_root=sys_root,
             proc_root=proc_root,
-            benchmark_cpus=benchmark_cpus,
-            housekeeping_cpus=housekeeping_cpus,
+            benchmark_cpus=config.benchmark_cpus if benchmark_cpus is None else benchmark_cpus,
+            housekeeping_cpus=(
+                config.housekeeping_cpus if housekeeping_cpus is None else housekeeping_cpus
+            ),
             steal_sample_seconds=steal_sample,
-            state_dir=state_dir,
+            state_dir=config.state_dir,
         )
     except LayoutError as error:
         raise click.UsageError(str(error)) from error
@@ -131,23 +135,16 @@ def check(
     sys.exit(report.exit_code)
 
 
-def resolve_dirs(
-    state_dir: Path | None,
-    cache_dir: Path | None,
+def run_settings(
+    flags: Mapping[str, object | None],
     config_file: Path | None,
     env: Mapping[str, str],
     *,
     default_config_file: Path | None = DEFAULT_CONFIG_FILE,
-) -> tuple[Path, Path]:
-    """The state and cache dirs `run` would use: flag > env > config file > default (root gets
-    /var/lib and /var/cache), so `check` finds the tuning record and the cache `run` uses."""
-    config = load_config(
-        {"state_dir": state_dir, "cache_dir": cache_dir},
-        env,
-        config_file,
-        default_config_file=default_config_file,
-    )
-    return config.state_dir, config.cache_dir
+) -> Config:
+    """The settings `run` would use (flag > env > config file > default; root gets /var/lib and
+    /var/cache), so `check` finds the tuning record, the cache and the CPU layout `run` uses."""
+    return load_config(flags, env, config_file, default_config_file=default_config_file)
 
 
 def _restore(state_dir: Path, sys_root: Path, proc_root: Path, lock_path: Path, as_json: bool) -> None:

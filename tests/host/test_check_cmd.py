@@ -113,3 +113,17 @@ def test_restore_finds_the_state_dir_run_uses(quiet_host: FakeHost, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert quiet_host.read("proc/sys/vm/swappiness") == "60"
 
+
+
+def test_cpu_layout_from_the_config_file_as_run_uses_it(quiet_host: FakeHost, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('benchmark-cpus = "1"\n')
+    args = ["check", "--json", "--steal-sample", "0", "--sys-root", str(quiet_host.sys),
+            "--proc-root", str(quiet_host.proc), "--cache-dir", str(tmp_path)]
+    from_file = json.loads(CliRunner().invoke(main, [*args, "--config", str(config)]).output)
+    assert from_file["layout"].startswith("CPU layout (flags)")
+    assert from_file["layout"].endswith("benchmark 1")
+    flag_wins = json.loads(
+        CliRunner().invoke(main, [*args, "--config", str(config), "--benchmark-cpus", "0"]).output
+    )
+    assert flag_wins["layout"].endswith("benchmark 0")
