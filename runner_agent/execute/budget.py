@@ -34,6 +34,12 @@ SHORT_MARKER = "[truncated]"
 ROUNDS_PER_CLASS = 6
 
 
+def retained_chars(result: IterationOutput) -> int:
+    """Characters of text one iteration's output holds (what grows with the benchmark's output)."""
+    texts = [result.stdout or "", result.stderr or "", *(result.output or {}).values()]
+    return sum(len(t) for t in texts)
+
+
 def message_size(msg: Completed | Failed) -> int:
     return len(encode(msg).encode("utf-8"))
 

@@ -1,5 +1,9 @@
 """Running a job: iterations in order under the job timeout and the driver's cancel, with
-Bencher's rules for stopping and for the outcome (failure beats cancellation)."""
+Bencher's rules for stopping and for the outcome (failure beats cancellation).
+
+Memory stays bounded however many iterations there are: once the kept text passes twice the
+message size limit, the results so far are cut to the limit (the terminal message could never
+carry more), with the same rules as the final cut."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Callable
 import trio
 
 from runner_agent.errors import JobError
+from runner_agent.execute.budget import fit_message, retained_chars
 from runner_agent.execute.control import JobControl
 from runner_agent.execute.iteration import Iteration
 from runner_agent.execute.options import ExecOptions
@@ -23,7 +28,7 @@ from runner_agent.execute.results import (
 from runner_agent.oci.cache import ImageCache
 from runner_agent.oci.fetch import prepare_image
 from runner_agent.oci.source import ImageSource
-from runner_agent.protocol import ClaimedJob, IterationOutput
+from runner_agent.protocol import ClaimedJob, Completed, IterationOutput
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ async def run_plan(
     results: list[IterationOutput] = []
     metrics: list[IterationMetrics] = []
     error: str | None = None
+    retained = 0
+    limit = plan.options.max_message_size
     started = time.monotonic()
     with trio.move_on_after(plan.timeout) as timeout_scope, control.guard():
         for index in range(plan.iterations):
@@ -69,6 +76,10 @@ async def run_plan(
                     plan.benchmark_name, plan.file_size, done.file_sizes,
                 )
             results.append(iteration_output(done.exit_code, done.stdout, done.stderr, output))
+            retained += retained_chars(results[-1])
+            if retained > 2 * limit:
+                results = list(fit_message(Completed(job=plan.job, results=tuple(results)), limit).results)
+                retained = sum(retained_chars(r) for r in results)
             if done.exit_code != 0 and not plan.allow_failure:
                 error = f"Benchmark exited with non-zero exit code: {done.exit_code}"
                 break

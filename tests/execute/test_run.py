@@ -319,3 +319,24 @@ async def test_file_paths_that_are_not_regular_files_are_skipped(
         outcome = await run_plan(plan, JobControl())
     assert outcome.status == "completed"
     assert outcome.results[0].output == {"/ok.json": "{}\n"}
+
+
+async def test_output_kept_across_many_iterations_is_bounded(busybox_rootfs: Path, tmp_path: Path) -> None:
+    # each iteration keeps up to stream_cap of each stream; without a running cut 40 iterations
+    # would hold 40 x 256 KiB however small the message limit is
+    limit = 64 * 1024
+    script = "yes 0123456789abcdef | head -c 300000; echo; echo done"
+    plan = plan_for(
+        busybox_rootfs, tmp_path, "host", script, {"iter": 40},
+        opts={"max_message_size": limit, "stream_cap": 256 * 1024},
+    )
+    with trio.fail_after(60):
+        outcome = await run_plan(plan, JobControl())
+    assert outcome.status == "completed" and len(outcome.results) == 40
+    kept = sum(len(r.stdout or "") for r in outcome.results)
+    assert kept <= 2 * limit + 256 * 1024
+    assert all((r.stdout or "").startswith("0123456789abcdef") for r in outcome.results)
+    assert all((r.stdout or "").endswith("done\n") for r in outcome.results)
+    from runner_agent.protocol import encode
+
+    assert len(encode(outcome.to_message(plan.job, limit)).encode()) <= limit
