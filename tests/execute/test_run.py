@@ -104,6 +104,13 @@ async def test_signal_exit_code_is_128_plus_signal(busybox_rootfs: Path, tmp_pat
     assert outcome.metrics[0].signal == 9 and outcome.metrics[0].exit_code is None
 
 
+def assert_no_scratch_left(tmp_path: Path) -> None:
+    """The iteration's overlay is unmounted and its directory deleted."""
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(tmp_path) not in mounts
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 async def _ready_listener() -> tuple[trio.SocketListener, int]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     listener = listeners[0]
@@ -125,6 +132,7 @@ async def test_timeout_kills_the_tree_and_fails(
     assert outcome.error == timeout_error(1) == "Execution error: Benchmark timeout: job timed out after 1 s"
     assert outcome.results == () and outcome.metrics[0].killed
     assert processes_with(marker) == []
+    assert_no_scratch_left(tmp_path)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -163,6 +171,7 @@ async def test_cancel_mid_run_leaves_no_process_even_setsid_escapees(
     assert outcome is not None and outcome.status == "canceled" and outcome.results == ()
     assert outcome.metrics[0].killed
     assert processes_with(marker) == []
+    assert_no_scratch_left(tmp_path)
 
 
 async def test_cancel_before_start_and_as_failure(busybox_rootfs: Path, tmp_path: Path) -> None:
