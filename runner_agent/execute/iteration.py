@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -121,9 +122,12 @@ class Iteration:
     def _command(self, root: Path, probe: str | None) -> tuple[Callable[[int | None], list[str]], dict[str, str], Path]:
         plan = self.plan
         if plan.mode == "sandbox":
+            # the binary the start-up check found on the agent's PATH (the gate has no PATH)
+            bwrap = shutil.which(plan.options.bwrap) or plan.options.bwrap
+
             def sandboxed(fd: int | None) -> list[str]:
                 return bwrap_argv(
-                    plan.options.bwrap, root, plan.argv, plan.env, plan.workdir,
+                    bwrap, root, plan.argv, plan.env, plan.workdir,
                     network=plan.network,
                     probe=(probe, fd) if probe is not None and fd is not None else None,
                 )

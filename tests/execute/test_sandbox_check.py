@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,22 @@ async def test_benchmark_joins_the_cgroup_and_cgroup_kill_ends_the_ladder(
         outcome = await run_plan(slow, JobControl())
     assert outcome.status == "failed"
     assert (cgroup / "cgroup.kill").read_text() == "1\n"
+
+
+async def test_bwrap_found_on_the_agents_path_is_the_one_jobs_use(
+    busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the check looks bwrap up on the agent's PATH; the iteration must run that same binary
+    # (its gate runs with an empty environment, where a bare name is looked up elsewhere)
+    bindir = tmp_path / "tools"
+    bindir.mkdir()
+    real = shutil.which("bwrap")
+    assert real is not None
+    (bindir / "site-bwrap").symlink_to(real)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    assert check_sandbox(ExecOptions(work_dir=tmp_path / "w", bwrap="site-bwrap")) == "sandbox"
+    plan = plan_for(busybox_rootfs, tmp_path, "sandbox", "echo inside", opts={"bwrap": "site-bwrap"})
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    assert outcome.status == "completed", outcome.error
+    assert outcome.results[0].stdout == "inside\n"
