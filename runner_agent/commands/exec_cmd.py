@@ -30,6 +30,8 @@ from runner_agent.logging_setup import configure_logging
 from runner_agent.oci.cache import ImageCache
 from runner_agent.protocol import encode
 
+EXIT_INTERRUPTED = 130  # the shell's convention for "ended by SIGINT"
+
 
 def _default_cache() -> Path:
     return Path(platformdirs.user_cache_dir("runner-agent")) / "images"
@@ -83,7 +85,8 @@ Examples:
   runner-agent exec ./layout --danger-allow-no-sandbox     # no bwrap: run on the host
   runner-agent exec ./layout --cpus 3 --metrics-file m.jsonl   # pinned; per-iteration JSON lines
 
-Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors.
+Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors,
+130 when interrupted (Ctrl-C).
 """
 
 
@@ -162,7 +165,14 @@ def exec_(
         return await execute_job(job, image_source, cache, options, JobControl(),
                                  on_iteration=on_iteration)
 
-    outcome = trio.run(run)
+    outcome: JobOutcome | None = None
+    try:
+        outcome = trio.run(run)
+    except* KeyboardInterrupt:  # bare or in a nursery's group; the job's processes are gone by now
+        pass
+    if outcome is None:
+        click.echo("Interrupted: the job was stopped and its processes killed.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(encode(outcome.to_message(job.uuid, max_message_size)))
     else:

@@ -176,7 +176,9 @@ def test_ctrl_c_during_a_host_mode_run_leaves_no_process(layout: Path, tmp_path:
             conn, _ = server.accept()  # the benchmark is running
             conn.close()
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 130
+            assert b"Interrupted" in err and b"Traceback" not in err
         finally:
             proc.kill()
             proc.wait()
