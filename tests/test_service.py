@@ -310,3 +310,24 @@ def test_provision_script_parses_and_checks_its_arguments() -> None:
     )
     assert missing.returncode == 2
     assert "--key-file PATH is required" in missing.stderr
+
+
+def test_config_file_host_is_not_overridden_by_the_default(tmp_path: Path, key_file: Path) -> None:
+    """The env file outranks the config file at run time, so it must carry the config file's host
+    (not the built-in default) when --host and BENCHER_HOST are not given."""
+    root = tmp_path / "root"
+    (root / "etc/runner-agent").mkdir(parents=True)
+    (root / "etc/runner-agent/config.toml").write_text('host = "https://bencher.example.com"\n')
+    result = invoke(
+        "--runner", "r1", "--key-file", str(key_file), "--executable", str(EXE),
+        "--root", str(root), "--config", "/etc/runner-agent/config.toml",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    env = read_env(root / "etc/runner-agent/runner-agent.env")
+    assert env["BENCHER_HOST"] == "https://bencher.example.com"
+    result = invoke(
+        "--runner", "r1", "--key-file", str(key_file), "--executable", str(EXE), "--force",
+        "--root", str(root), "--config", "/etc/runner-agent/config.toml", "--host", "https://other.example.com",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_env(root / "etc/runner-agent/runner-agent.env")["BENCHER_HOST"] == "https://other.example.com"

@@ -153,18 +153,24 @@ def install_service(
                 "--key KEY or set BENCHER_RUNNER_KEY"
             )
         runner_key = read_key(config)
+        service_host = config.host
         if config_file is not None:
             config_file = _absolute(config_file)
             on_disk = root / config_file.relative_to(config_file.anchor)
             if not on_disk.is_file():
                 raise ConfigError(f"--config: {on_disk} does not exist; create it first")
-            load_config({}, {}, on_disk, default_config_file=None)
+            from_file = load_config({}, {}, on_disk, default_config_file=None)
+            # BENCHER_HOST in the environment file outranks the config file when the service
+            # runs, so it must carry the file's host unless --host/BENCHER_HOST say otherwise.
+            # (Only the host: a key-file in the config stays the key's source, re-read at connect.)
+            if host is None and "BENCHER_HOST" not in env:
+                service_host = from_file.host
     except ConfigError as error:
         raise InstallUsageError(str(error)) from None
     try:
         spec = ServiceSpec(
             executable=_absolute(executable) if executable is not None else find_executable(),
-            host=config.host,
+            host=service_host,
             runner=config.runner,
             key=runner_key,
             env_file=_absolute(env_file),
