@@ -21,7 +21,8 @@
 #   --key-file PATH       a file holding the runner key (bencher_runner_...); copy it to the box
 #                         with mode 0600; after provisioning it may be deleted (the key now lives
 #                         in /etc/runner-agent/runner-agent.env)
-#   --host URL            the Bencher API (default https://api.bencher.dev)
+#   --host URL            the Bencher API (default: the --config file's host, else
+#                         https://api.bencher.dev)
 #   --source SPEC         what pipx installs: "runner-agent" from PyPI (default), or a path to a
 #                         source checkout or wheel, or a URL (e.g. git+https://host/repo.git@v1.2.0)
 #   --config PATH         a TOML config file for `runner-agent run` (it must exist)
@@ -33,7 +34,7 @@
 #   ./provision.sh --runner my-runner --key-file /root/runner.key
 set -euo pipefail
 
-HOST="https://api.bencher.dev"
+HOST=""  # empty: the --config file's host, else https://api.bencher.dev
 RUNNER=""
 KEY_FILE=""
 SOURCE="runner-agent"
@@ -122,7 +123,8 @@ esac
 
 echo "==> 4/5 systemd unit and environment file"
 install_args=(install-service --force --executable "$AGENT"
-  --host "$HOST" --runner "$RUNNER" --key-file "$KEY_FILE")
+  --runner "$RUNNER" --key-file "$KEY_FILE")
+[ -z "$HOST" ] || install_args+=(--host "$HOST")
 [ -z "$CONFIG" ] || install_args+=(--config "$CONFIG")
 [ -z "$DRAIN_TIMEOUT" ] || install_args+=(--drain-timeout "$DRAIN_TIMEOUT")
 "$AGENT" "${install_args[@]}"
