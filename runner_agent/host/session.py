@@ -93,8 +93,13 @@ def host_session(
             steered = tuner.apply_cpu_scoped(layout)
             log.info("tuning: steered %d IRQ/workqueue setting(s) to housekeeping CPUs", len(steered))
         if pin:
-            pinned = pin_agent(layout, proc_root=proc_root)
-            log.info("agent pinned to CPUs %s", format_cpulist(pinned))
+            try:
+                pinned = pin_agent(layout, proc_root=proc_root)
+            except OSError as error:  # e.g. a container's cpuset does not allow these CPUs
+                log.warning("cannot pin the agent to CPUs %s, running unpinned: %s",
+                            format_cpulist(layout.housekeeping), error)
+            else:
+                log.info("agent pinned to CPUs %s", format_cpulist(pinned))
         cgroup_base = cgroup_root or sys_root / "fs/cgroup"
         job_parent: Path | None = None
         if tuner is not None:

@@ -49,3 +49,25 @@ def test_session_tune_is_refused_without_root_or_restored_on_exit(quiet_host: Fa
             assert session.tuning_state()["swappiness"] == "10"
     assert (quiet_host.proc / "sys/vm/swappiness").read_text().strip() == "60"
     assert not (tmp_path / "s" / RECORD_NAME).exists()
+
+
+def test_pinning_refused_by_the_kernel_is_a_warning_not_a_crash(
+    quiet_host: FakeHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sysfs lists every online CPU, but a container's cpuset may not allow them all: the kernel
+    refuses the affinity (EINVAL) and the agent must run unpinned, saying so."""
+    import os
+
+    caplog.set_level(logging.WARNING, logger="runner_agent")
+    quiet_host.write("sys/devices/system/cpu/online", "0-1023\n")
+    before = os.sched_getaffinity(0)
+    try:
+        with host_session(
+            state_dir=tmp_path / "s", cache_dir=tmp_path, sys_root=quiet_host.sys,
+            proc_root=quiet_host.proc, lock_path=tmp_path / "lock", steal_sample_seconds=0,
+            housekeeping_cpus="1023", benchmark_cpus="1000-1022",
+        ) as session:
+            assert session.layout.housekeeping == frozenset({1023})
+    finally:
+        os.sched_setaffinity(0, before)
+    assert "cannot pin the agent to CPUs 1023" in caplog.text
