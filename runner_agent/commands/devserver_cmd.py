@@ -96,19 +96,19 @@ def dev_server(
         """Serve until SIGINT/SIGTERM; returns why the server could not start, if it could not."""
         async with trio.open_nursery() as nursery:
             try:
-                bound = await nursery.start(server.serve)
+                await nursery.start(server.serve)
             except OSError as error:  # raised before serving, so not inside an exception group
                 return f"cannot serve on {host}:{port}: {error}"
             except ValueError as error:  # a corrupt --persist file
                 return str(error)
-            click.echo(f"dev server: http://{host}:{bound}")
+            click.echo(f"dev server: {server.url}")
             click.echo(f"runner: {runner.slug} ({runner.uuid})")
             if generated:
                 click.echo(f"key: {runner_key}")
             if spool is not None:
                 click.echo(f"spool: drop jobs into {spool / 'incoming'}, results in {spool / 'jobs'}")
             click.echo(
-                f"try: runner-agent run --host http://{host}:{bound} --runner {runner.slug} "
+                f"try: runner-agent run --host {server.url} --runner {runner.slug} "
                 f"--key {'<the key>' if not generated else runner_key}"
             )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -156,12 +156,18 @@ class DevServer:
         return self._port
 
     @property
+    def authority(self) -> str:
+        """``HOST:PORT`` for URLs (an IPv6 address in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def url(self) -> str:
         """The ``--host`` URL an agent uses (``http://HOST:PORT``)."""
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.authority}"
 
     def channel_url(self, runner: str | None = None) -> str:
-        return f"ws://{self.host}:{self.port}/v0/runners/{runner or self.runner.slug}/channel"
+        return f"ws://{self.authority}/v0/runners/{runner or self.runner.slug}/channel"
 
     @classmethod
     @asynccontextmanager

@@ -394,3 +394,13 @@ async def test_disconnect_mid_job_starts_background_timeout(io_clock: trio.testi
 
 async def test_close_frame_reason_is_json_text() -> None:
     assert json.dumps("heartbeat_timeout") == '"heartbeat_timeout"'
+
+
+async def test_ipv6_listen_address_gives_bracketed_urls(io_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(600):
+        async with dev_server(host="::1") as server:
+            assert server.url == f"http://[::1]:{server.port}"
+            assert server.channel_url().startswith(f"ws://[::1]:{server.port}/v0/runners/")
+            async with client(server) as ws:
+                await send(ws, {"event": "ready", "poll_timeout": 1})
+                assert await recv(ws) == {"event": "no_job"}
