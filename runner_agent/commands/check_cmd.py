@@ -143,7 +143,13 @@ def run_settings(
     default_config_file: Path | None = DEFAULT_CONFIG_FILE,
 ) -> Config:
     """The settings `run` would use (flag > env > config file > default; root gets /var/lib and
-    /var/cache), so `check` finds the tuning record, the cache and the CPU layout `run` uses."""
+    /var/cache), so `check` finds the tuning record, the cache and the CPU layout `run` uses.
+
+    The implicit default config file is skipped when this user cannot read it (a service's
+    root-only file, with `check` run as an ordinary user): it is not this user's `run` config.
+    """
+    if default_config_file is not None and not os.access(default_config_file, os.R_OK):
+        default_config_file = None
     return load_config(flags, env, config_file, default_config_file=default_config_file)
 
 
