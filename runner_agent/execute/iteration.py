@@ -70,11 +70,13 @@ def collect_files(
     root: Path, paths: tuple[str, ...] | None, cap: int
 ) -> tuple[dict[str, bytes] | None, dict[str, int] | None]:
     """Bencher's rule: read each path (inside the root); a missing or unreadable file is skipped
-    with a warning; no file at all gives ``None``. Contents beyond ``cap`` bytes are not read.
-    Only regular files are read (opened non-blocking: a FIFO the benchmark left must not stall
-    the agent)."""
+    with a warning; no file at all gives ``None``. At most ``cap`` bytes are read in all, each
+    path getting an equal share (the terminal message could not carry more; 255 paths must not
+    mean 255 x ``cap`` in memory). Only regular files are read (opened non-blocking: a FIFO the
+    benchmark left must not stall the agent)."""
     if paths is None:
         return None, None
+    cap = max(1, cap // max(1, len(paths)))
     files: dict[str, bytes] = {}
     sizes: dict[str, int] = {}
     for path in paths:

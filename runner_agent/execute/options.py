@@ -39,7 +39,8 @@ class ExecOptions:
     """How the agent runs jobs (one value per agent; tests and ``exec`` build their own).
 
     ``mode`` ``None`` means "decide with `check_sandbox`" (bwrap if it works, else host mode if
-    allowed). ``stream_cap`` bounds what is kept of each of stdout/stderr (head + tail).
+    allowed). ``stream_cap`` bounds what is kept of each of stdout/stderr (head + tail);
+    ``file_read_cap`` bounds what is read of one iteration's ``file_paths`` together.
     """
 
     allow_no_sandbox: bool = False

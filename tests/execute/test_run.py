@@ -349,3 +349,20 @@ async def test_output_kept_across_many_iterations_is_bounded(busybox_rootfs: Pat
     from runner_agent.protocol import encode
 
     assert len(encode(outcome.to_message(plan.job, limit)).encode()) <= limit
+
+
+async def test_file_paths_read_at_most_the_cap_together(busybox_rootfs: Path, tmp_path: Path) -> None:
+    cap = 256 * 1024
+    paths = [f"/out/f{i}.txt" for i in range(20)]
+    script = "mkdir -p /out; for i in $(seq 0 19); do yes abcdefgh | head -c 100000 > /out/f$i.txt; done"
+    plan = plan_for(
+        busybox_rootfs, tmp_path, "sandbox", script, {"file_paths": paths},
+        opts={"file_read_cap": cap},
+    )
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    output = outcome.results[0].output
+    assert output is not None and sorted(output) == sorted(paths)  # every file keeps its share
+    markers = sum(len(v) - len(v.split("\n[runner-agent:")[0]) for v in output.values())
+    assert sum(len(v) for v in output.values()) - markers <= cap
+    assert all(v.startswith("abcdefgh") and "file truncated" in v for v in output.values())
