@@ -18,7 +18,12 @@ from runner_agent.oci import mediatypes as mt
 from runner_agent.oci._threads import CancelToken, run_sync_cancellable
 from runner_agent.oci.cache import BlobWriter, ImageCache
 from runner_agent.oci.digest import Digest, DigestVerifier, parse_digest
-from runner_agent.oci.errors import InterruptedBodyError, ManifestError, TruncatedBlobError
+from runner_agent.oci.errors import (
+    InterruptedBodyError,
+    ManifestError,
+    TruncatedBlobError,
+    UnsafeLayerError,
+)
 from runner_agent.oci.image import ImageConfig, PreparedImage
 from runner_agent.oci.layout import LayoutOrigin
 from runner_agent.oci.manifest import (
@@ -253,6 +258,12 @@ async def _pull_and_unpack(
         )
 
     layers = manifest.layers
+    compressed = sum(layer.size for layer in layers)
+    if compressed > limits.max_total_bytes:  # refuse before filling the disk with downloads
+        raise UnsafeLayerError(
+            f"{what}: its layers are {compressed} bytes compressed, over the unpack limit of "
+            f"{limits.max_total_bytes} bytes"
+        )
     files: list[BinaryIO | None] = [None] * len(layers)
     ready = [trio.Event() for _ in layers]
     limiter = trio.CapacityLimiter(MAX_PARALLEL_DOWNLOADS)

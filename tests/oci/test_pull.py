@@ -19,11 +19,13 @@ from runner_agent.oci.errors import (
     ManifestError,
     RegistryUnavailableError,
     TruncatedBlobError,
+    UnsafeLayerError,
 )
 from runner_agent.oci.fetch import prepare_image
 from runner_agent.oci.manifest import Platform, host_platform
 from runner_agent.oci.registry import RetryPolicy
 from runner_agent.oci.source import LayoutSource, RegistrySource
+from runner_agent.oci.unpack import UnpackLimits
 from tests.oci.faultproxy import FaultProxy
 from tests.support.images import RegistryImage, push_busybox
 from tests.support.registry import RegistryServer, free_port
@@ -238,4 +240,17 @@ async def test_manifest_body_read_timeout_is_an_image_error(
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=0.2)) as client:
         with trio.fail_after(30), pytest.raises(TruncatedBlobError, match=r"manifest .*body not received in full \(ReadTimeout"):
             await prepare_image(source(busybox_image, proxy.url), cache, client=client, retry=FAST_RETRY)
+    assert_clean(cache)
+
+
+async def test_layers_over_the_unpack_limit_are_not_downloaded(
+    unique_image: RegistryImage, proxy: FaultProxy, cache: ImageCache
+) -> None:
+    with trio.fail_after(30), pytest.raises(UnsafeLayerError, match="compressed, over the unpack limit"):
+        await prepare_image(
+            source(unique_image, proxy.url), cache, limits=UnpackLimits(max_total_bytes=50_000)
+        )
+    manifest = json.loads((unique_image.layout / "blobs/sha256" / unique_image.digest[7:]).read_text())
+    layer_gets = [p for p in proxy.faults.requests for layer in manifest["layers"] if layer["digest"] in p]
+    assert layer_gets == []
     assert_clean(cache)
