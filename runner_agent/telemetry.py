@@ -53,6 +53,15 @@ RECONNECT_CLASSES: tuple[str, ...] = (
 # Default silence after which the agent is no longer healthy. It must exceed the poll timeout
 # (default 55 s), since an idle agent only hears from the server once per poll.
 DEFAULT_MAX_SILENCE_S = 120.0
+# How long past a poll's end the server's answer may take (Bencher's poll margin is 30 s) before
+# silence counts against health.
+POLL_ANSWER_SLACK_S = 60.0
+
+
+def max_silence_for(poll_timeout: float) -> float:
+    """The health silence limit for an agent polling with ``poll_timeout``: an idle agent hears
+    from the server once per poll, so the limit must outlast one poll plus slack."""
+    return max(DEFAULT_MAX_SILENCE_S, poll_timeout + POLL_ANSWER_SLACK_S)
 
 _STATE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

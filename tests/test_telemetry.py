@@ -202,3 +202,15 @@ def test_upgrades_that_the_server_closes_for_auth_are_not_health() -> None:
     stats.reconnect("connection_lost")  # other reconnect reasons do not taint later upgrades
     stats.connected()
     assert stats.health(max_silence_s=60).status == "ok"
+
+
+def test_silence_limit_outlasts_one_poll() -> None:
+    from runner_agent.telemetry import DEFAULT_MAX_SILENCE_S, max_silence_for
+
+    assert max_silence_for(55) == DEFAULT_MAX_SILENCE_S  # the default poll fits the default limit
+    # an idle agent polling for 900 s hears from the server only every 900 s: still healthy then
+    assert max_silence_for(900) > 900 + 30
+    stats = AgentStats(clock=lambda: 0.0)
+    stats.connected(now=0.0)
+    stats.contact(now=0.0)
+    assert stats.health(now=899.0 + 30, max_silence_s=max_silence_for(900)).ok

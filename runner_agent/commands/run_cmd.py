@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import click
@@ -161,10 +162,14 @@ async def _main(agent: Agent, config: Config, stats: Any) -> int:
     if not config.health_addr:
         return await agent.run()
     from runner_agent.health import HealthAddrError, HealthServerError, serve_health
+    from runner_agent.telemetry import max_silence_for
 
     async with trio.open_nursery() as nursery:
         try:
-            where = await nursery.start(serve_health, config.health_addr, stats)
+            where = await nursery.start(
+                partial(serve_health, max_silence_s=max_silence_for(config.poll_timeout)),
+                config.health_addr, stats,
+            )
         except (HealthAddrError, HealthServerError) as e:
             raise ConfigUsageError(f"health-addr: {e}") from None
         log.info("health endpoint on %s", where)
