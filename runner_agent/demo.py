@@ -169,7 +169,8 @@ async def run_demo(
     if why is not None:
         progress(f"bubblewrap is not usable here ({why}).")
         progress("The demo runs the benchmark in host mode instead: no isolation, like "
-                 "`runner-agent run --danger-allow-no-sandbox`. Install bubblewrap to sandbox it.")
+                 "`runner-agent run --danger-allow-no-sandbox`. To sandbox it, fix what the line "
+                 "above says (as root with bubblewrap installed, the sandbox is used).")
     layout = work / "image"
     digest = build_demo_image(layout, busybox)
     progress(f"built OCI image layout {layout} ({digest[:19]}…) from {busybox}")
