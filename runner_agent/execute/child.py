@@ -100,23 +100,33 @@ class Child:
         adopt_orphans: bool,
         spare_depth: int,
         probe: bool,
+        inherit_fds: Sequence[int] = (),
     ) -> None:
         """``build_argv(probe_fd)`` gives the command (``probe_fd`` is ``None`` without probe);
         processes up to ``spare_depth`` levels below the root (0: the root) are wrappers that
-        get no SIGTERM (their death would end the benchmark without its grace period)."""
+        get no SIGTERM (their death would end the benchmark without its grace period).
+        ``env`` is the gate's whole process environment (the command inherits it);
+        ``inherit_fds`` are passed to the command under their numbers, and closed here once it
+        is spawned (or failed to)."""
         self.adopt_orphans = adopt_orphans
         self.spare_depth = spare_depth
         if adopt_orphans:
             proctree.enable_subreaper()
-        gate_r, self._gate_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        self._probe_r = -1
-        pass_fds: tuple[int, ...] = ()
-        if probe:
-            self._probe_r, probe_w = os.pipe()
-            pass_fds = (probe_w,)
-        command = list(build_argv(pass_fds[0] if pass_fds else None))
+        try:
+            gate_r, self._gate_w = os.pipe()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            self._probe_r = -1
+            pass_fds: tuple[int, ...] = ()
+            if probe:
+                self._probe_r, probe_w = os.pipe()
+                pass_fds = (probe_w,)
+            command = list(build_argv(pass_fds[0] if pass_fds else None))
+        except BaseException:
+            for fd in inherit_fds:
+                os.close(fd)
+            raise
+        pass_fds += tuple(inherit_fds)
         try:
             self._popen = subprocess.Popen(
                 ["/bin/sh", "-c", GATE, "runner-agent-gate", *command],

@@ -25,7 +25,7 @@ from runner_agent.execute.overlay import OverlayError, Scratch
 from runner_agent.execute.plan import JobPlan
 from runner_agent.execute.results import IterationMetrics, exit_code_of
 from runner_agent.execute.rootpath import RootPathError, resolve_in_root
-from runner_agent.execute.sandbox import bwrap_argv
+from runner_agent.execute.sandbox import bwrap_argv, env_args_fd
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,12 @@ class Iteration:
         self.index = index
         self.metrics: IterationMetrics | None = None
 
-    def _command(self, root: Path, probe: str | None) -> tuple[Callable[[int | None], list[str]], dict[str, str], Path]:
+    def _command(
+        self, root: Path, probe: str | None, env_fd: int | None
+    ) -> tuple[Callable[[int | None], list[str]], dict[str, str], Path]:
+        """The command builder, the gate's process environment and its working dir. Sandbox:
+        bwrap with an empty environment, the plan's env read from ``env_fd``; host: the plan's
+        env is the process environment (never on a command line either way)."""
         plan = self.plan
         if plan.mode == "sandbox":
             # the binary the start-up check found on the agent's PATH (the gate has no PATH)
@@ -129,7 +134,7 @@ class Iteration:
 
             def sandboxed(fd: int | None) -> list[str]:
                 return bwrap_argv(
-                    bwrap, root, plan.argv, plan.env, plan.workdir,
+                    bwrap, root, plan.argv, env_fd, plan.workdir,
                     network=plan.network,
                     probe=(probe, fd) if probe is not None and fd is not None else None,
                 )
@@ -152,14 +157,21 @@ class Iteration:
         plan = self.plan
         async with iteration_root(plan) as root:
             probe = rss_probe()
-            build, env, cwd = self._command(root, probe)
             sandboxed = plan.mode == "sandbox"
+            env_fd = env_args_fd(plan.env) if sandboxed else None
+            try:
+                build, env, cwd = self._command(root, probe, env_fd)
+            except BaseException:
+                if env_fd is not None:
+                    os.close(env_fd)
+                raise
             child = Child(
                 build, env, cwd,
                 adopt_orphans=not sandboxed,
                 # sandbox: bwrap, its init (and the probe); host: the probe
                 spare_depth=(2 if probe else 1) if sandboxed else (0 if probe else -1),
                 probe=probe is not None,
+                inherit_fds=() if env_fd is None else (env_fd,),
             )
             try:
                 out = BoundedCapture("stdout", plan.options.stream_cap)

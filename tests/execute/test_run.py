@@ -229,6 +229,51 @@ async def test_agent_environment_never_reaches_the_benchmark(
     assert {"PATH", "J"} <= names <= {"PATH", "J", "PWD", "SHLVL"}
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_job_env_values_are_on_no_command_line_but_in_the_benchmarks_environment(
+    busybox_rootfs: Path, tmp_path: Path, mode: SandboxMode
+) -> None:
+    secret = f"project-secret-{os.getpid()}-x7q"
+    marker = f"96{os.getpid() % 10000:04d}3"
+    listener, port = await _ready_listener()
+    plan = plan_for(
+        busybox_rootfs, tmp_path, mode,
+        f"echo \"$API_TOKEN\" | nc 127.0.0.1 {port}; exec sleep {marker}",
+        {"env": {"API_TOKEN": secret}, "timeout": 600}, opts={"kill_grace": 0.2}, network=True,
+    )
+    control = JobControl()
+    received = b""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_plan, plan, control)
+            conn = await listener.accept()  # the benchmark (with bwrap, gate...) is running
+            assert processes_with(marker)  # its process tree, seen while it runs
+            assert processes_with(secret) == []  # no process shows the value in its cmdline
+            while not received.endswith(b"\n") and (chunk := await conn.receive_some()):
+                received += chunk
+            await conn.aclose()
+            control.request_cancel("test done")
+    await listener.aclose()
+    assert received == f"{secret}\n".encode()  # the benchmark itself has it
+    assert processes_with(marker) == []
+
+
+async def test_sandboxed_environment_is_exactly_the_plan_plus_bwraps_pwd(
+    busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "/nonexistent-agent-preload.so")
+    plan = plan_for(
+        busybox_rootfs, tmp_path, "sandbox", "",  # cat itself, no shell (which adds SHLVL)
+        {"entrypoint": ["/bin/cat"], "cmd": ["/proc/self/environ"],
+         "env": {"J": "v w", "EMPTY": "", "LD_DEBUG": "x"}},
+    )
+    with trio.fail_after(30):
+        outcome = await run_plan(plan, JobControl())
+    assert outcome.status == "completed"
+    entries = sorted(e for e in (outcome.results[0].stdout or "").split("\0") if e)
+    assert entries == sorted([*(f"{k}={v}" for k, v in plan.env), f"PWD={plan.workdir}"])
+
+
 async def test_huge_output_is_bounded(busybox_rootfs: Path, tmp_path: Path) -> None:
     def hwm_kb() -> int:
         for line in Path("/proc/self/status").read_text().splitlines():

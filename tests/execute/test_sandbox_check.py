@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from runner_agent.errors import SandboxUnavailableError
+from runner_agent.errors import JobError, SandboxUnavailableError
 from runner_agent.execute import ExecOptions, JobControl, Placement, check_sandbox, run_plan
-from runner_agent.execute.sandbox import bwrap_argv
+from runner_agent.execute.sandbox import bwrap_argv, env_args, env_args_fd
 from tests.execute.jobs import plan_for
 
 
@@ -36,16 +36,32 @@ def test_missing_bwrap_falls_back_to_host_only_when_allowed(tmp_path: Path) -> N
 
 
 def test_bwrap_command_line(tmp_path: Path) -> None:
-    argv = bwrap_argv("bwrap", tmp_path, ["/bin/sh", "-c", "x"], [("PATH", "/bin")], "/app", network=False)
+    argv = bwrap_argv("bwrap", tmp_path, ["/bin/sh", "-c", "x"], 7, "/app", network=False)
     assert argv[:4] == ["bwrap", "--bind", str(tmp_path), "/"]
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
                  "--die-with-parent", "--new-session", "--clearenv"):
         assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--chdir") + 1] == "/app"
+    assert argv[argv.index("--args") + 1] == "7" and "--setenv" not in argv
+    assert argv.index("--clearenv") < argv.index("--args")  # cleared first, then the plan's env
     assert argv[-4:] == ["--", "/bin/sh", "-c", "x"]
-    shared = bwrap_argv("bwrap", tmp_path, ["/bin/true"], [], "/", network=True)
-    assert "--share-net" in shared and "--unshare-net" not in shared
+    shared = bwrap_argv("bwrap", tmp_path, ["/bin/true"], None, "/", network=True)
+    assert "--share-net" in shared and "--unshare-net" not in shared and "--args" not in shared
+
+
+def test_env_args_are_setenv_triples_and_refuse_option_injection() -> None:
+    data = env_args([("PATH", "/bin"), ("EMPTY", ""), ("S", "a b=c")])
+    assert data == b"--setenv\0PATH\0/bin\0--setenv\0EMPTY\0\0--setenv\0S\0a b=c\0"
+    for bad in [("K", "x\0--bind\0/\0/host"), ("K\0--bind", "v"), ("", "v"), ("A=B", "v")]:
+        with pytest.raises(JobError, match="cannot be passed to bwrap"):
+            env_args([bad])
+    fd = env_args_fd([("K", "v")])
+    try:
+        assert os.read(fd, 100) == b"--setenv\0K\0v\0"
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("mode", ["sandbox", "host"])
