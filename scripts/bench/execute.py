@@ -53,6 +53,20 @@ def plan(rootfs: Path, work: Path, mode: SandboxMode, argv: list[str], **spec: A
     return build_plan(job, image(rootfs), opts)
 
 
+CONNECT_LIMIT_S = 30.0
+
+
+async def accept(listener: trio.SocketListener) -> trio.SocketStream:
+    """The benchmark's connection; a benchmark that never connects (it failed to start) is an
+    error with a reason, not a hang."""
+    try:
+        with trio.fail_after(CONNECT_LIMIT_S):
+            return await listener.accept()
+    except trio.TooSlowError:
+        raise RuntimeError(f"the benchmark did not connect within {CONNECT_LIMIT_S:g} s: it failed "
+                           "to start (run the plan once by hand to see its outcome)") from None
+
+
 async def start_latency(rootfs: Path, work: Path, mode: SandboxMode, runs: int) -> list[float]:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
@@ -62,7 +76,7 @@ async def start_latency(rootfs: Path, work: Path, mode: SandboxMode, runs: int) 
         async with trio.open_nursery() as nursery:
             t0 = time.perf_counter()
             nursery.start_soon(run_plan, p, JobControl())
-            conn = await listener.accept()
+            conn = await accept(listener)
             out.append(time.perf_counter() - t0)
             await conn.aclose()
     await listener.aclose()
@@ -80,7 +94,7 @@ async def cancel_latency(rootfs: Path, work: Path, mode: SandboxMode, runs: int)
         control = JobControl()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_plan, p, control)
-            conn = await listener.accept()
+            conn = await accept(listener)
             await conn.receive_some()
             await conn.aclose()
             t0 = time.perf_counter()
@@ -100,7 +114,7 @@ async def direct_start_latency(runs: int) -> list[float]:
         t0 = time.perf_counter()
         proc = await trio.lowlevel.open_process(["/bin/busybox", "nc", "127.0.0.1", str(port)],
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        conn = await listener.accept()
+        conn = await accept(listener)
         out.append(time.perf_counter() - t0)
         await conn.aclose()
         await proc.wait()
@@ -116,7 +130,7 @@ async def direct_cancel_latency(runs: int) -> list[float]:
     out: list[float] = []
     for _ in range(runs):
         proc = await trio.lowlevel.open_process(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL)
-        conn = await listener.accept()
+        conn = await accept(listener)
         await conn.receive_some()
         await conn.aclose()
         t0 = time.perf_counter()
