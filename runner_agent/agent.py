@@ -40,7 +40,7 @@ from runner_agent.backoff import Backoff, BackoffPolicy
 from runner_agent.config import Config, read_key
 from runner_agent.connection import Endpoint, build_endpoint, close_channel
 from runner_agent.errors import EXIT_AUTH_REJECTED, EXIT_FAILURE, EXIT_OK, JobError
-from runner_agent.execute import IterationMetrics, JobControl
+from runner_agent.execute import IterationMetrics, JobControl, JobDeadline
 from runner_agent.jobrunner import JobRunner, PreparedJob
 from runner_agent.logging_setup import add_secret
 from runner_agent.outbox import Outbox, OutboxError
@@ -448,8 +448,11 @@ class Agent:
     def _hand_off(self, job: ClaimedJob) -> None:
         """Queue ``job`` for the executor. Its `JobControl` exists from this moment, so an abort
         that comes before the executor picks the job up (a lost connection, a ``cancel`` reply, a
-        second signal) is kept and stops the job instead of leaving it waiting for a go."""
-        self._control, self._go, self._current_job = JobControl(), trio.Event(), job
+        second signal) is kept and stops the job instead of leaving it waiting for a go.
+        Its deadline starts now too: ``running`` was just queued, and the server counts the
+        job's ``timeout`` (+ 60 s) from it, so the pull counts against the timeout."""
+        deadline = JobDeadline.starting_now(job.config.timeout)
+        self._control, self._go, self._current_job = JobControl(deadline), trio.Event(), job
         self._abort_requested_at = None
         self._jobs_send.send_nowait(job)
 

@@ -32,6 +32,7 @@ from runner_agent.execute import (
     JobOutcome,
     JobPlan,
     build_plan,
+    prepare_in_time,
     run_plan,
 )
 from runner_agent.oci.image import PreparedImage
@@ -56,7 +57,9 @@ class JobRunner(Protocol):
     """The driver's view of job execution."""
 
     async def prepare(self, job: ClaimedJob, control: JobControl) -> PreparedJob:
-        """Pull/unpack the image and build the plan; raises `JobError` with a readable reason."""
+        """Pull/unpack the image and build the plan within the job's deadline (``control``'s;
+        the driver starts it when the job arrives); raises `JobError` with a readable reason
+        (the timeout error when out of time)."""
         ...
 
     async def run(self, prepared: PreparedJob, control: JobControl,
@@ -83,7 +86,8 @@ def image_source(job: ClaimedJob) -> Any:
 
 
 class OciJobRunner:
-    """Real execution: `runner_agent.oci.prepare_image` + `build_plan` + `run_plan`."""
+    """Real execution: `prepare_in_time` (`runner_agent.oci.prepare_image` under the job's
+    deadline) + `build_plan` + `run_plan` (the iterations get what is left of it)."""
 
     def __init__(self, cache: Any, options: ExecOptions, placer: Any = None) -> None:
         self.cache = cache
@@ -91,14 +95,11 @@ class OciJobRunner:
         self.placer = placer
 
     async def prepare(self, job: ClaimedJob, control: JobControl) -> PreparedJob:
-        from runner_agent.oci import fetch
-
         source = image_source(job)
         image: PreparedImage | None = None
         placed = None
         try:
-            with control.guard():
-                image = await fetch.prepare_image(source, self.cache)
+            image = await prepare_in_time(source, self.cache, control, job.config.timeout)
             if image is None or control.cancel_requested:
                 raise JobError(control.reason or "canceled while preparing the image")
             options = self.options

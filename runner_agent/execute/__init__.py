@@ -1,9 +1,10 @@
 """Job execution: the plan (argv/env/workdir), sandbox (bubblewrap) and host modes, one iteration
 (process group, bounded output, kill ladder, metrics), results and the message budget.
 
-Driver API: `check_sandbox` once at start-up, `build_plan` + `run_plan` (or `execute_job`, which
-also prepares the image) per job, `JobControl.request_cancel` from any task, and
-`JobOutcome.to_message` for the terminal message.
+Driver API: `check_sandbox` once at start-up, `JobControl(JobDeadline.starting_now(timeout))`
+when the job arrives, `prepare_in_time` + `build_plan` + `run_plan` (or `execute_job`, which does
+all three) per job, `JobControl.request_cancel` from any task, and `JobOutcome.to_message` for the
+terminal message.
 
 Choices (and where they differ from Bencher's reference runner):
 - Writable root: bubblewrap 0.8 has no ``--overlay``, so each iteration gets a kernel overlayfs
@@ -14,7 +15,9 @@ Choices (and where they differ from Bencher's reference runner):
   exactly like the reference runner (the server then parses stdout).
 - ``iter`` 0 runs nothing and completes (reference: ``iter`` or 1, no minimum).
 - A non-zero exit stops the job unless ``allow_failure``; a failure beats a cancellation.
-- The timeout covers the whole job (the reference times each iteration); its error is
+- The timeout covers the whole job, image pull included, counted from the job's arrival (when
+  ``running`` is sent; `JobDeadline`), so we fail it before the server's ``timeout + 60 s`` hard
+  cancel (the reference times each iteration); its error is
   ``Execution error: Benchmark timeout: job timed out after N s``.
 - An iteration killed by cancel/timeout produces no result (as in the reference).
 - ``build_time`` is the iteration's wall time (the reference also counts its image pull).
@@ -32,17 +35,18 @@ subreaper; an unrelated child the agent spawned itself during a host-mode iterat
 mistaken for an escapee (the agent runs one job at a time and spawns nothing else meanwhile).
 """
 
-from runner_agent.execute.control import JobControl
+from runner_agent.execute.control import JobControl, JobDeadline, timeout_error
 from runner_agent.execute.options import ExecOptions, Placement, SandboxMode
 from runner_agent.execute.plan import JobPlan, build_plan, merge_env, resolve_argv
 from runner_agent.execute.results import IterationMetrics, JobOutcome
-from runner_agent.execute.runner import execute_job, run_plan
+from runner_agent.execute.runner import execute_job, prepare_in_time, run_plan
 from runner_agent.execute.sandbox import check_sandbox
 
 __all__ = [
     "ExecOptions",
     "IterationMetrics",
     "JobControl",
+    "JobDeadline",
     "JobOutcome",
     "JobPlan",
     "Placement",
@@ -51,6 +55,8 @@ __all__ = [
     "check_sandbox",
     "execute_job",
     "merge_env",
+    "prepare_in_time",
     "resolve_argv",
     "run_plan",
+    "timeout_error",
 ]

@@ -1,5 +1,7 @@
-"""Running a job: iterations in order under the job timeout and the driver's cancel, with
-Bencher's rules for stopping and for the outcome (failure beats cancellation).
+"""Running a job: the image pulled and the iterations run in order under the job's deadline
+(`JobDeadline`: the timeout counted from the job's arrival, so the pull counts too) and the
+driver's cancel, with Bencher's rules for stopping and for the outcome (failure beats
+cancellation).
 
 Memory stays bounded however many iterations there are: once the kept text passes twice the
 message size limit, the results so far are cut to the limit (the terminal message could never
@@ -8,7 +10,6 @@ carry more), with the same rules as the final cut."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import trio
@@ -27,14 +28,11 @@ from runner_agent.execute.results import (
 )
 from runner_agent.oci.cache import ImageCache
 from runner_agent.oci.fetch import prepare_image
+from runner_agent.oci.image import PreparedImage
 from runner_agent.oci.source import ImageSource
 from runner_agent.protocol import ClaimedJob, Completed, IterationOutput
 
 log = logging.getLogger(__name__)
-
-
-def timeout_error(seconds: float) -> str:
-    return f"Execution error: Benchmark timeout: job timed out after {seconds:g} s"
 
 
 async def run_plan(
@@ -43,15 +41,21 @@ async def run_plan(
     *,
     on_iteration: Callable[[IterationMetrics], None] | None = None,
 ) -> JobOutcome:
-    """Run ``plan``'s iterations; never raises for benchmark problems (they are the outcome)."""
+    """Run ``plan``'s iterations within what is left of the job's deadline (``control``'s, else
+    ``plan.timeout`` from now); never raises for benchmark problems (they are the outcome)."""
     results: list[IterationOutput] = []
     metrics: list[IterationMetrics] = []
     error: str | None = None
     retained = 0
     limit = plan.options.max_message_size
-    started = time.monotonic()
-    with trio.move_on_after(plan.timeout) as timeout_scope, control.guard():
+    deadline = control.start_deadline(plan.timeout)
+    left = deadline.at - trio.current_time()
+    if left < plan.timeout:
+        log.info("job %s: %.1f s of its %g s timeout left for the iterations", plan.job,
+                 max(0.0, left), deadline.timeout)
+    with trio.move_on_at(deadline.at) as timeout_scope, control.guard():
         for index in range(plan.iterations):
+            await trio.lowlevel.checkpoint()  # out of time or canceled: start no process
             log.info("job %s: iteration %d/%d", plan.job, index + 1, plan.iterations)
             iteration = Iteration(plan, index)
             try:
@@ -83,10 +87,9 @@ async def run_plan(
             if done.exit_code != 0 and not plan.allow_failure:
                 error = f"Benchmark exited with non-zero exit code: {done.exit_code}"
                 break
-    elapsed = time.monotonic() - started
     if timeout_scope.cancelled_caught and error is None:
-        error = timeout_error(plan.timeout)
-        log.warning("job %s timed out after %.1f s", plan.job, elapsed)
+        error = deadline.error
+        log.warning("job %s timed out after %.1f s", plan.job, trio.current_time() - deadline.started)
     if error is not None:
         return JobOutcome("failed", tuple(results), error, tuple(metrics))
     if control.cancel_requested:
@@ -109,8 +112,7 @@ async def execute_job(
     with the readable error. Preparing the image is cancellable through ``control`` too."""
     image = None
     try:
-        with control.guard():
-            image = await prepare_image(image_source, cache)
+        image = await prepare_in_time(image_source, cache, control, job.config.timeout)
     except JobError as exc:
         return JobOutcome("failed", (), str(exc))
     try:
@@ -126,3 +128,20 @@ async def execute_job(
     finally:
         if image is not None:
             image.release()
+
+
+async def prepare_in_time(
+    image_source: ImageSource, cache: ImageCache, control: JobControl, job_timeout: float
+) -> PreparedImage | None:
+    """`prepare_image` under the job's deadline (``control``'s, else ``job_timeout`` seconds
+    from now) and its cancel: ``None`` when canceled; `JobError` with the timeout error when out
+    of time."""
+    deadline = control.start_deadline(job_timeout)
+    image: PreparedImage | None = None
+    with trio.move_on_at(deadline.at) as timeout_scope, control.guard():
+        image = await prepare_image(image_source, cache)
+    if timeout_scope.cancelled_caught and not control.cancel_requested:
+        log.warning("job timed out after %.1f s while preparing its image",
+                    trio.current_time() - deadline.started)
+        raise JobError(deadline.error)
+    return image

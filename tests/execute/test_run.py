@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from runner_agent.execute import JobControl, run_plan
+from runner_agent.execute.control import timeout_error
 from runner_agent.execute.options import SandboxMode
-from runner_agent.execute.runner import timeout_error
 from tests.execute.jobs import plan_for, processes_with
 
 MODES: list[SandboxMode] = ["sandbox", "host"]
