@@ -28,6 +28,17 @@ from runner_agent.execute.rootpath import RootPathError, resolve_in_root
 from runner_agent.execute.sandbox import bwrap_argv, env_args_fd
 
 log = logging.getLogger(__name__)
+_shared_rootfs_warned = False
+
+
+def _warn_shared_rootfs_once(reason: str) -> None:
+    """Host mode without overlay rights is a property of the machine, not of one iteration: say it
+    once per process (at WARNING), then only at DEBUG."""
+    global _shared_rootfs_warned
+    level = logging.DEBUG if _shared_rootfs_warned else logging.WARNING
+    _shared_rootfs_warned = True
+    log.log(level, "host mode without a private overlay (%s): benchmarks run in the shared, "
+            "cached rootfs and can change it for later jobs", reason)
 
 DRAIN_GUARD_S = 5.0
 
@@ -55,7 +66,7 @@ async def iteration_root(plan: JobPlan) -> AsyncIterator[Path]:
     except OverlayError as exc:
         if plan.mode == "sandbox":
             raise JobError(f"Execution error: cannot create the iteration's root: {exc}") from exc
-        log.warning("host mode without a private overlay (%s): running in the shared rootfs", exc)
+        _warn_shared_rootfs_once(str(exc))
     except OSError as exc:
         raise JobError(f"Execution error: cannot create the iteration's root: {exc}") from exc
     try:

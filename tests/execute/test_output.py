@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -152,3 +154,14 @@ def test_truncation_cuts_what_bencher_ignores_first() -> None:
     assert kept.output == {"/out/r.json": bmf}  # untouched
     assert len(kept.stderr or "") < 1000  # stderr gave first and most
     assert "characters truncated" in (kept.stdout or "") + (kept.stderr or "")
+
+
+def test_shared_rootfs_warning_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    from runner_agent.execute import iteration
+
+    caplog.set_level(logging.DEBUG, logger="runner_agent")
+    iteration._shared_rootfs_warned = False
+    for _ in range(3):
+        iteration._warn_shared_rootfs_once("mount not permitted")
+    levels = [r.levelno for r in caplog.records if "private overlay" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
