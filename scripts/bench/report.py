@@ -44,6 +44,7 @@ import operator
 import platform
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -322,11 +323,11 @@ def draw_chart(table: Table, title: str, path: Path) -> None:
     medians = [r.median for r in table.rows]
     whiskers = [max(0.0, (r.p95 if r.p95 is not None else r.median) - r.median) for r in table.rows]
     colours = ["#9e9e9e" if n == table.baseline else "#3f6fb5" for n in names]
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.8))
     ax.barh(names, medians, xerr=[[0.0] * len(names), whiskers], color=colours, capsize=4)
     ax.invert_yaxis()
     ax.set_xlabel(f"median{f' ({table.unit})' if table.unit else ''}; whisker: p95")
-    ax.set_title(f"{title}: {table.name}", fontsize=10)
+    ax.set_title(textwrap.fill(f"{title}: {table.name}", 80), fontsize=10)
     base = table.row(table.baseline) if table.baseline else None
     lines: dict[tuple[float, str], list[str]] = {}  # one dashed line per position, rows joined
     for target in table.targets:
@@ -336,18 +337,20 @@ def draw_chart(table: Table, title: str, path: Path) -> None:
         what = (f"median {target.op} {fmt(target.value)}x baseline" if target.stat == "ratio"
                 else f"{target.stat} {target.op} {fmt(target.value)}")
         lines.setdefault((at, what), []).append(target.row)
-    for (at, what), rows in lines.items():
-        ax.axvline(at, color="#c0392b", linestyle="--", linewidth=1,
-                   label=f"target: {', '.join(rows)} {what}")
-    if lines:
-        ax.legend(loc="lower right", fontsize=7)
+    for at, _ in lines:
+        ax.axvline(at, color="#c0392b", linestyle="--", linewidth=1)
+    # the targets are named under the axis label rather than in a legend that could hide a bar
+    notes = [f"dashed red line: target, {', '.join(rows)}: {what}" for (_, what), rows in lines.items()]
+    ax.set_xlabel("\n".join([ax.get_xlabel(), *(textwrap.fill(n, 100) for n in notes)]), fontsize=9)
+    right = max([m + w for m, w in zip(medians, whiskers, strict=True)] + [at for at, _ in lines])
+    ax.set_xlim(0, right * 1.3 if right > 0 else 1)  # room for the value labels
     for y, (value, name) in enumerate(zip(medians, names, strict=True)):
         ratio = table.ratio(table.rows[y])
         label = fmt(value) + (f"  ({ratio:.2f}x)" if ratio and name != table.baseline else "")
         ax.text(value + whiskers[y], y, " " + label, va="center", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
