@@ -206,22 +206,25 @@ class Iteration:
         )
 
     async def _supervise(self, child: Child, out: BoundedCapture, err: BoundedCapture) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain, child.stdout, out)
-            nursery.start_soon(drain, child.stderr, err)
-            try:
-                child.release()
-                await child.wait()
-                await child.kill_rest()  # leftovers of a finished benchmark (host mode)
-            except BaseException:  # cancel, timeout, KeyboardInterrupt, a failing drain...
-                with trio.CancelScope(shield=True):
-                    await child.terminate(self.plan.options.kill_grace)
-                    self._record(child, out, err)
-                raise
-            finally:
-                if child.status is not None and self.metrics is None:
-                    self._record(child, out, err)
-            nursery.cancel_scope.deadline = trio.current_time() + DRAIN_GUARD_S
+        """Release the child, wait for it and drain both pipes to EOF (bounded by the drain
+        guard). The metrics are recorded once the drains ended, so the byte counts include what
+        was still in the pipes when the process exited."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, child.stdout, out)
+                nursery.start_soon(drain, child.stderr, err)
+                try:
+                    child.release()
+                    await child.wait()
+                    await child.kill_rest()  # leftovers of a finished benchmark (host mode)
+                except BaseException:  # cancel, timeout, KeyboardInterrupt, a failing drain...
+                    with trio.CancelScope(shield=True):
+                        await child.terminate(self.plan.options.kill_grace)
+                    raise
+                nursery.cancel_scope.deadline = trio.current_time() + DRAIN_GUARD_S
+        finally:
+            if child.status is not None:
+                self._record(child, out, err)
 
     def _record(self, child: Child, out: BoundedCapture, err: BoundedCapture) -> None:
         status = child.status or 0
