@@ -2,13 +2,25 @@
 
 Memory stays at most ``cap`` bytes however much the benchmark writes; `text` decodes as UTF-8
 with replacement and puts a marker where bytes were dropped.
+
+`drain` reads a pipe to EOF into a capture. Once the head is full, bytes that can no longer end
+up in the tail (those with at least a tail's worth of bytes queued behind them in the pipe, as
+``FIONREAD`` says) are spliced to ``/dev/null`` without being copied into the agent: a chatty
+benchmark's pipe then empties about twice as fast, with the same head, tail and counts.
 """
 
 from __future__ import annotations
 
+import array
+import fcntl
+import logging
+import os
+import termios
 from collections import deque
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 class BoundedCapture:
@@ -26,10 +38,32 @@ class BoundedCapture:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.total = 0
+        self.skipped = 0
 
     @property
     def dropped(self) -> int:
         return self.total - len(self._head) - min(self._tail_len, self._tail_cap)
+
+    @property
+    def head_full(self) -> bool:
+        return len(self._head) >= self._head_cap
+
+    @property
+    def tail_cap(self) -> int:
+        return self._tail_cap
+
+    def skip(self, count: int) -> None:
+        """``count`` bytes of the stream went by unread. Only valid once the head is full and when
+        at least ``tail_cap`` more bytes follow them (the caller checked the pipe), so they belong
+        to neither the head nor the tail; what the tail held so far precedes them and goes too."""
+        if not self.head_full:
+            raise ValueError("skip() before the head is full would lose head bytes")
+        if count <= 0:
+            return
+        self.total += count
+        self.skipped += count
+        self._tail.clear()
+        self._tail_len = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -61,10 +95,56 @@ class BoundedCapture:
         return self._head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
 
 
-async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 1 << 20) -> None:
-    """Read ``stream`` to EOF into ``capture``."""
-    while True:
-        data = await stream.receive_some(chunk)
-        if not data:
+def _queued(fd: int) -> int:
+    """How many bytes wait in the pipe ``fd`` (``FIONREAD``)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
+
+
+class _Discard:
+    """Splices the bytes of a pipe that `capture` will never keep to ``/dev/null``; turns itself
+    off for good on the first error (the plain read path then does all the work)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.null: int | None = None
+        try:
+            self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.debug("no %s (%s); output is read in full", os.devnull, exc)
+
+    def __call__(self, capture: BoundedCapture) -> None:
+        if self.null is None or not capture.head_full:
             return
-        capture.feed(data)
+        try:
+            excess = _queued(self.fd) - capture.tail_cap
+            if excess > 0:
+                capture.skip(os.splice(self.fd, self.null, excess, flags=os.SPLICE_F_NONBLOCK))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.debug("splicing %s to /dev/null failed (%s); reading all of it", capture.name, exc)
+            self.close()
+
+    def close(self) -> None:
+        if self.null is not None:
+            os.close(self.null)
+            self.null = None
+
+
+async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 1 << 20) -> None:
+    """Read ``stream`` to EOF into ``capture``; for a pipe (`trio.lowlevel.FdStream`), what the
+    capture would drop anyway is spliced away unread."""
+    discard = _Discard(stream.fileno()) if isinstance(stream, trio.lowlevel.FdStream) else None
+    try:
+        while True:
+            if discard is not None:
+                discard(capture)
+            data = await stream.receive_some(chunk)
+            if not data:
+                return
+            capture.feed(data)
+    finally:
+        if discard is not None:
+            discard.close()
