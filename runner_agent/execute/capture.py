@@ -6,7 +6,7 @@ with replacement and puts a marker where bytes were dropped.
 `drain` reads a pipe to EOF into a capture. Once the head is full, bytes that can no longer end
 up in the tail (those with at least a tail's worth of bytes queued behind them in the pipe, as
 ``FIONREAD`` says) are spliced to ``/dev/null`` without being copied into the agent: a chatty
-benchmark's pipe then empties about twice as fast, with the same head, tail and counts.
+benchmark's pipe empties faster and costs the agent less CPU, with the same head, tail and counts.
 """
 
 from __future__ import annotations
@@ -134,17 +134,27 @@ class _Discard:
 
 
 async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 1 << 20) -> None:
-    """Read ``stream`` to EOF into ``capture``; for a pipe (`trio.lowlevel.FdStream`), what the
-    capture would drop anyway is spliced away unread."""
-    discard = _Discard(stream.fileno()) if isinstance(stream, trio.lowlevel.FdStream) else None
+    """Read ``stream`` to EOF into ``capture``. For a pipe (`trio.lowlevel.FdStream`, already
+    non-blocking) each round waits until it is readable, then splices away what the capture
+    would drop anyway (the pipe holds the most it will then), then reads the rest."""
+    if not isinstance(stream, trio.lowlevel.FdStream):
+        while data := await stream.receive_some(chunk):
+            capture.feed(data)
+        return
+    fd = stream.fileno()
+    discard = _Discard(fd)
     try:
         while True:
-            if discard is not None:
-                discard(capture)
-            data = await stream.receive_some(chunk)
+            await trio.lowlevel.wait_readable(fd)
+            discard(capture)
+            try:
+                data = os.read(fd, chunk)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"reading {capture.name}: {exc}") from exc
             if not data:
                 return
             capture.feed(data)
     finally:
-        if discard is not None:
-            discard.close()
+        discard.close()
