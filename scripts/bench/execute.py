@@ -12,7 +12,7 @@
 As under ``runner-agent run``, this process is pinned to the housekeeping CPUs and the benchmark
 runs on the benchmark CPUs of the detected layout (``runner-agent check`` shows it).
 
-Usage: .venv/bin/python scripts/bench/execute.py [--runs 50] [--drain-mb 1024] [--drain-runs 5]
+Usage: .venv/bin/python scripts/bench/execute.py [--runs 50] [--drain-mb 1024] [--drain-runs 9]
        [--json PATH]
 """
 
@@ -160,31 +160,49 @@ def write_file(path: Path, mb: int) -> None:
     with open(path, "wb") as fh:
         for _ in range(mb):
             fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())  # no writeback of the file competes with the measured runs
 
 
-async def drain(rootfs: Path, work: Path, mode: SandboxMode, mb: int, runs: int) -> list[float]:
-    """MiB/s of ``run_plan`` draining ``cat big``, one sample per run."""
+async def drain_rate(rootfs: Path, work: Path, mode: SandboxMode, mb: int) -> float:
+    """MiB/s of one ``run_plan`` draining ``cat big``."""
     p = plan(rootfs, work, mode, ["/bin/cat", "big"])
-    rates: list[float] = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        outcome = await run_plan(p, JobControl())
-        elapsed = time.perf_counter() - t0
-        assert outcome.metrics[0].stdout_bytes == mb * 1024 * 1024
-        rates.append(mb / elapsed)
-    return rates
+    t0 = time.perf_counter()
+    outcome = await run_plan(p, JobControl())
+    elapsed = time.perf_counter() - t0
+    assert outcome.metrics[0].stdout_bytes == mb * 1024 * 1024
+    return mb / elapsed
 
 
-def shell_rate(command: str, mb: int, runs: int, cpus: frozenset[int]) -> list[float]:
-    """MiB/s of a shell baseline run on ``cpus`` (all online ones: this process's pinning must
-    not hold the baseline back)."""
-    rates: list[float] = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(["/bin/sh", "-c", command], check=True,
-                       preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-        rates.append(mb / (time.perf_counter() - t0))
-    return rates
+def shell_rate(command: str, mb: int, cpus: frozenset[int]) -> float:
+    """MiB/s of one run of a shell baseline on ``cpus`` (all online ones: this process's pinning
+    must not hold the baseline back)."""
+    t0 = time.perf_counter()
+    subprocess.run(["/bin/sh", "-c", command], check=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    return mb / (time.perf_counter() - t0)
+
+
+async def drain_rounds(rootfs: Path, work: Path, online: frozenset[int], mb: int, runs: int) -> dict[str, list[float]]:
+    """One sample per row and round, the rows interleaved within each round so that a drift of
+    the machine (page cache, a neighbour) touches them alike; a first, unrecorded round warms up."""
+    big = rootfs / "big"
+    rows: dict[str, Any] = {
+        CAT_NULL: lambda: shell_rate(f"cat {big} > /dev/null", mb, online),
+        "cat file | cat > /dev/null": lambda: shell_rate(f"cat {big} | cat > /dev/null", mb, online),
+    }
+    drains: dict[str, list[float]] = {name: [] for name in rows}
+    for mode in MODES:
+        drains[f"run_plan drain, {mode}"] = []
+    for round_ in range(runs + 1):
+        for name, measure in rows.items():
+            rate = measure()
+            if round_:
+                drains[name].append(rate)
+        for mode in MODES:
+            rate = await drain_rate(rootfs, work, mode, mb)
+            if round_:
+                drains[f"run_plan drain, {mode}"].append(rate)
+    return drains
 
 
 def ms(values: list[float]) -> list[float]:
@@ -204,7 +222,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--drain-mb", type=int, default=1024)
-    parser.add_argument("--drain-runs", type=int, default=5)
+    parser.add_argument("--drain-runs", type=int, default=9)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-execute.json"),
                         help="where to write the results for report.py")
     args = parser.parse_args()
@@ -212,7 +230,6 @@ async def main() -> None:
         parser.error("--runs, --drain-mb and --drain-runs must be at least 1")
     starts: dict[str, list[float]] = {}
     cancels: dict[str, list[float]] = {}
-    drains: dict[str, list[float]] = {}
     cancel_runs = max(10, args.runs // 2)
     global BENCHMARK_CPUS
     layout = detect_layout()
@@ -221,8 +238,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         rootfs = make_busybox_rootfs(base / "rootfs")
-        big = rootfs / "big"
-        write_file(big, args.drain_mb)
+        write_file(rootfs / "big", args.drain_mb)
         work = base / "work"
         print(f"runs={args.runs}, drain file {args.drain_mb} MiB x {args.drain_runs}")
         for mode in MODES:
@@ -234,11 +250,7 @@ async def main() -> None:
         rows = [("start ", n, v) for n, v in starts.items()] + [("cancel", n, v) for n, v in cancels.items()]
         for kind, name, values in rows:
             print(f"{kind} {name:40s}: p50 {pct(values, 0.5) * 1e3:6.2f} ms  p99 {pct(values, 0.99) * 1e3:6.2f} ms")
-        drains[CAT_NULL] = shell_rate(f"cat {big} > /dev/null", args.drain_mb, args.drain_runs, layout.online)
-        drains["cat file | cat > /dev/null"] = shell_rate(f"cat {big} | cat > /dev/null", args.drain_mb,
-                                                         args.drain_runs, layout.online)
-        for mode in MODES:
-            drains[f"run_plan drain, {mode}"] = await drain(rootfs, work, mode, args.drain_mb, args.drain_runs)
+        drains = await drain_rounds(rootfs, work, layout.online, args.drain_mb, args.drain_runs)
         cat_null = statistics.median(drains[CAT_NULL])
         for name, rates in drains.items():
             rate = statistics.median(rates)
@@ -265,10 +277,11 @@ def write_json(path: Path, args: argparse.Namespace, starts: dict[str, list[floa
             "returned, for a shell that `exec`s a SIGTERM-obeying `sleep`. It includes the kill "
             "ladder's confirmation (the agent scans `/proc` until no process of the tree is left; "
             "the bench checks that too) and the overlay unmount.\n"
-            f"- **Output drain** ({args.drain_runs} runs per row, {args.drain_mb} MiB): the benchmark "
-            "`cat`s a file to stdout, drained by the agent into its bounded head+tail capture, "
-            "against `cat file > /dev/null` on the same file (the baseline the issue names) and "
-            "`cat file | cat > /dev/null` (a pipe consumer)."
+            f"- **Output drain** ({args.drain_runs} rounds after a warm-up round, {args.drain_mb} MiB "
+            "file, fsynced before): the benchmark `cat`s the file to stdout, drained by the agent into "
+            "its bounded head+tail capture (timed from `run_plan` called to returned), against "
+            "`cat file > /dev/null` on the same file (the baseline the issue names) and "
+            "`cat file | cat > /dev/null` (a pipe consumer); each round runs every row once, in turn."
         ),
         "machine": (f"{os.cpu_count()} CPUs, Linux {os.uname().release}, Python {sys.version.split()[0]}; "
                     f"load average at the end of the run {load}"),
