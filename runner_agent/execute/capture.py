@@ -3,24 +3,13 @@
 Memory stays at most ``cap`` bytes however much the benchmark writes; `text` decodes as UTF-8
 with replacement and puts a marker where bytes were dropped.
 
-`drain` reads a pipe to EOF into a capture. Once the head is full, bytes that can no longer end
-up in the tail (those with at least a tail's worth of bytes queued behind them in the pipe, as
-``FIONREAD`` says) are spliced to ``/dev/null`` without being copied into the agent: a chatty
-benchmark's pipe empties faster and costs the agent less CPU, with the same head, tail and counts.
+Bytes can also go by unread (`skip`, for a drain that knows they cannot be kept); the counts
+stay exact. `runner_agent.execute.pipe_drain` fills a capture from a pipe.
 """
 
 from __future__ import annotations
 
-import array
-import fcntl
-import logging
-import os
-import termios
 from collections import deque
-
-import trio
-
-log = logging.getLogger(__name__)
 
 
 class BoundedCapture:
@@ -38,7 +27,8 @@ class BoundedCapture:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.total = 0
-        self.skipped = 0
+        self.skipped = 0  # went by unread (`skip`)
+        self.copied = 0  # handed to `feed`
 
     @property
     def dropped(self) -> int:
@@ -68,6 +58,7 @@ class BoundedCapture:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         self.total += len(view)
+        self.copied += len(view)
         room = self._head_cap - len(self._head)
         if room > 0:
             self._head += view[:room]
@@ -93,68 +84,3 @@ class BoundedCapture:
             f"({self.total} written, head and tail kept)]\n"
         )
         return self._head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
-
-
-def _queued(fd: int) -> int:
-    """How many bytes wait in the pipe ``fd`` (``FIONREAD``)."""
-    count = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, count)
-    return count[0]
-
-
-class _Discard:
-    """Splices the bytes of a pipe that `capture` will never keep to ``/dev/null``; turns itself
-    off for good on the first error (the plain read path then does all the work)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.null: int | None = None
-        try:
-            self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.debug("no %s (%s); output is read in full", os.devnull, exc)
-
-    def __call__(self, capture: BoundedCapture) -> None:
-        if self.null is None or not capture.head_full:
-            return
-        try:
-            excess = _queued(self.fd) - capture.tail_cap
-            if excess > 0:
-                capture.skip(os.splice(self.fd, self.null, excess, flags=os.SPLICE_F_NONBLOCK))
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            log.debug("splicing %s to /dev/null failed (%s); reading all of it", capture.name, exc)
-            self.close()
-
-    def close(self) -> None:
-        if self.null is not None:
-            os.close(self.null)
-            self.null = None
-
-
-async def drain(stream: trio.abc.ReceiveStream, capture: BoundedCapture, chunk: int = 1 << 20) -> None:
-    """Read ``stream`` to EOF into ``capture``. For a pipe (`trio.lowlevel.FdStream`, already
-    non-blocking) each round waits until it is readable, then splices away what the capture
-    would drop anyway (the pipe holds the most it will then), then reads the rest."""
-    if not isinstance(stream, trio.lowlevel.FdStream):
-        while data := await stream.receive_some(chunk):
-            capture.feed(data)
-        return
-    fd = stream.fileno()
-    discard = _Discard(fd)
-    try:
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            discard(capture)
-            try:
-                data = os.read(fd, chunk)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"reading {capture.name}: {exc}") from exc
-            if not data:
-                return
-            capture.feed(data)
-    finally:
-        discard.close()

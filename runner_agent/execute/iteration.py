@@ -19,9 +19,10 @@ import trio
 from attrs import frozen
 
 from runner_agent.errors import JobError
-from runner_agent.execute.capture import BoundedCapture, drain
+from runner_agent.execute.capture import BoundedCapture
 from runner_agent.execute.child import Child, probe_prefix, rss_probe
 from runner_agent.execute.overlay import OverlayError, Scratch
+from runner_agent.execute.pipe_drain import drain
 from runner_agent.execute.plan import JobPlan
 from runner_agent.execute.results import IterationMetrics, exit_code_of
 from runner_agent.execute.rootpath import RootPathError, resolve_in_root
