@@ -67,10 +67,14 @@ class _Hold:
         while want < 2 * tail_cap:
             want *= 2
         try:
-            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, want)
-        except OSError:
-            pass  # over the unprivileged maximum: check what we have
-        self.capacity = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
+            try:
+                fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, want)
+            except OSError:
+                pass  # e.g. over the unprivileged maximum: see what we have
+            self.capacity = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
+        except BaseException:
+            self.close()
+            raise
 
     def take_all(self) -> bytes:
         """Read what is held (it is all in the pipe; reads do not block)."""
