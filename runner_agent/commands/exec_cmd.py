@@ -3,6 +3,7 @@ pinned to ``--cpus``, with ``--metrics-file`` records like ``run`` writes)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,21 @@ from runner_agent.oci.cache import ImageCache
 from runner_agent.protocol import encode
 
 EXIT_INTERRUPTED = 130  # the shell's convention for "ended by SIGINT"
+
+
+async def _cancel_on_sigint(
+    control: JobControl, grace: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Ctrl-C cancels the job the orderly way, at a point where the executor expects it: SIGTERM,
+    ``--kill-grace``, then SIGKILL until no process of the job is left. Later Ctrl-Cs only say
+    so: interrupting the kill ladder could leave the benchmark's processes behind."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        task_status.started()
+        async for _ in signals:
+            if control.cancel_requested:
+                click.echo(f"Stopping: the job's processes get SIGKILL at the latest {grace:g} s "
+                           "after the first Ctrl-C.", err=True)
+            control.request_cancel("interrupted (SIGINT)")
 
 
 def _default_cache() -> Path:
@@ -161,16 +177,22 @@ def exec_(
         def on_iteration(m: IterationMetrics) -> None:
             metrics.append(iteration_record(str(job.uuid), m, job_cpus, None, {}, datetime.now(UTC)))
 
+    control = JobControl()
+
     async def run() -> JobOutcome:
-        return await execute_job(job, image_source, cache, options, JobControl(),
-                                 on_iteration=on_iteration)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_cancel_on_sigint, control, kill_grace)
+            outcome = await execute_job(job, image_source, cache, options, control,
+                                        on_iteration=on_iteration)
+            nursery.cancel_scope.cancel()
+        return outcome
 
     outcome: JobOutcome | None = None
     try:
         outcome = trio.run(run)
     except* KeyboardInterrupt:  # bare or in a nursery's group; the job's processes are gone by now
         pass
-    if outcome is None:
+    if outcome is None or control.cancel_requested:
         click.echo("Interrupted: the job was stopped and its processes killed.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:

@@ -4,6 +4,7 @@ errors; and `execute_job` turning image problems into a failed outcome."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -155,34 +156,94 @@ def test_layout_dir_in_host_mode(layout: Path, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["results"] == [{"exit_code": 0, "stdout": "host\n"}]
 
 
-def test_ctrl_c_during_a_host_mode_run_leaves_no_process(layout: Path, tmp_path: Path) -> None:
+def _stop_hung(proc: subprocess.Popen[bytes]) -> str:
+    """A process that did not exit in time: its Python stacks (faulthandler, on SIGABRT) for the
+    failure message."""
+    import signal
+
+    proc.send_signal(signal.SIGABRT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err.decode(errors="replace")[-8000:]
+
+
+def _exec_with_listener(layout: Path, tmp_path: Path, script: str, *extra: str) -> tuple[
+    subprocess.Popen[bytes], socket.socket
+]:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    port = server.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-m", "runner_agent", "exec", str(layout),
+         "--danger-allow-no-sandbox", "--cache-dir", str(tmp_path / "cache"), *extra, "--",
+         "/bin/sh", "-c", script.replace("PORT", str(port))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    return proc, server
+
+
+def _no_survivors(marker: str) -> None:
     import os
     import signal
-    import socket
 
     from tests.execute.jobs import processes_with
 
+    survivors = processes_with(f"sleep\0{marker}")
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
+def test_ctrl_c_during_a_host_mode_run_leaves_no_process(layout: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
     marker = f"{os.getpid()}{uuid.uuid4().int % 10**6}"
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.settimeout(30)
-        port = server.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner_agent", "exec", str(layout), "--danger-allow-no-sandbox",
-             "--cache-dir", str(tmp_path / "cache"), "--",
-             "/bin/sh", "-c", f"echo up | nc 127.0.0.1 {port}; sleep {marker}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+    proc, server = _exec_with_listener(layout, tmp_path, f"echo up | nc 127.0.0.1 PORT; sleep {marker}")
+    with server:
         try:
             conn, _ = server.accept()  # the benchmark is running
             conn.close()
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=30)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"exec still running 30 s after SIGINT; its stacks:\n{_stop_hung(proc)}")
             assert proc.returncode == 130
             assert b"Interrupted" in err and b"Traceback" not in err
         finally:
             proc.kill()
             proc.wait()
-    survivors = processes_with(f"sleep\0{marker}")
-    for pid in survivors:
-        os.kill(pid, signal.SIGKILL)
-    assert survivors == []
+    _no_survivors(marker)
+
+
+def test_a_second_ctrl_c_does_not_cut_the_kill_ladder_short(layout: Path, tmp_path: Path) -> None:
+    """The benchmark survives SIGTERM (it restarts its sleep); a second Ctrl-C during the grace
+    period is acknowledged, and the SIGKILL step still ends every process."""
+    import os
+    import signal
+
+    marker = f"{os.getpid()}{uuid.uuid4().int % 10**6}"
+    script = ("trap 'echo term | nc 127.0.0.1 PORT' TERM; echo up | nc 127.0.0.1 PORT; "
+              f"while :; do sleep {marker} & wait; done")
+    proc, server = _exec_with_listener(layout, tmp_path, script, "--kill-grace", "1")
+    with server:
+        try:
+            server.accept()[0].close()  # running
+            proc.send_signal(signal.SIGINT)
+            server.accept()[0].close()  # the benchmark got SIGTERM, and carries on
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"exec still running 30 s after SIGINT; its stacks:\n{_stop_hung(proc)}")
+            assert proc.returncode == 130, err
+            assert b"Stopping: the job's processes get SIGKILL" in err
+            assert b"Interrupted" in err and b"Traceback" not in err
+        finally:
+            proc.kill()
+            proc.wait()
+    _no_survivors(marker)
