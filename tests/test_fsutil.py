@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner_agent.fsutil import TMP_PREFIX, atomic_write, fsync_dir, remove_durably
+from runner_agent.fsutil import TMP_PREFIX, atomic_write, fsync_dir, remove_durably, sync_filesystem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,3 +148,13 @@ def test_remove_durably_reports_whether_it_removed(tmp_path: Path) -> None:
     assert not target.exists()
     assert remove_durably(target) is False
     fsync_dir(tmp_path)  # a directory can be flushed on its own
+
+
+def test_sync_filesystem_flushes_a_tree_or_says_why_not(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "a/b").mkdir(parents=True)
+    (tree / "a/b/file").write_bytes(b"x" * 4096)
+    sync_filesystem(tree)  # syncfs(2) on this file system; no error
+    assert (tree / "a/b/file").read_bytes() == b"x" * 4096
+    with pytest.raises(FileNotFoundError):
+        sync_filesystem(tmp_path / "missing")

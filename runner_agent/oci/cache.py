@@ -13,7 +13,9 @@ Layout::
     index.json                 {key: {"kind", "size", "last_used"}}
 
 An entry directory appears only by an atomic rename of a fully unpacked temp directory, so a
-cancelled or crashed pull never leaves anything that is later trusted.
+cancelled or crashed pull never leaves anything that is later trusted. Blobs and unpacked trees
+are flushed to disk before that rename (and the rename itself after it), so a power cut cannot
+leave a published entry with missing data either.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import trio
 from attrs import asdict, frozen
 
 from runner_agent.errors import ImageError
-from runner_agent.fsutil import atomic_write
+from runner_agent.fsutil import atomic_write, fsync_dir, sync_filesystem
 from runner_agent.oci.digest import Digest, DigestVerifier
 from runner_agent.oci.errors import TruncatedBlobError
 from runner_agent.oci.image import ImageConfig
@@ -332,7 +334,9 @@ def _publish_rootfs(tmp: Path, digest: str, config: ImageConfig, final: Path) ->
     meta = RootfsMeta(digest, config, _tree_size(tmp))
     (tmp / "meta.json").write_text(json.dumps(asdict(meta)))
     os.chmod(tmp, 0o755)
+    sync_filesystem(tmp)  # every file of the tree is on disk before the entry exists
     os.rename(tmp, final)
+    fsync_dir(final.parent)
     return meta
 
 
@@ -390,8 +394,11 @@ class BlobWriter:
 
     def _publish_sync(self) -> BinaryIO:
         self._open_sync()
-        os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)  # the data is on disk before the blob is published
+        finally:
+            os.close(fd)
         if self.expected_size is not None and self.received != self.expected_size:
             raise TruncatedBlobError(
                 f"{self.what} ended after {self.received} of {self.expected_size} bytes (truncated)"
@@ -401,6 +408,7 @@ class BlobWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         fh = _open_rb(self.tmp)
         os.rename(self.tmp, final)
+        fsync_dir(final.parent)
         self.cache._touch_sync(str(self.digest), "blob", self.received)
         return fh
 

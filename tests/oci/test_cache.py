@@ -253,3 +253,56 @@ async def test_unpacked_images_are_private_to_the_agent(tmp_path: Path) -> None:
     for sub in ("rootfs", "tmp"):
         assert (root / sub).stat().st_mode & 0o777 == 0o700, sub
     assert image.rootfs.is_relative_to(root / "rootfs")
+
+
+async def test_blobs_and_rootfs_are_on_disk_before_they_are_published(
+    unique_image: RegistryImage, proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut must not leave a published blob or rootfs with missing data: each blob file is
+    fsynced before its rename, the unpacked tree is flushed (syncfs) before its rename, and the
+    directory holding each new name is fsynced after it."""
+    import runner_agent.oci.cache as cache_module
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    real_syncfs, real_fsync_dir = cache_module.sync_filesystem, cache_module.fsync_dir
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("rename", f"{src} -> {dst}"))
+        real_rename(src, dst)
+
+    def syncfs(path: Path) -> None:
+        events.append(("syncfs", str(path)))
+        real_syncfs(path)
+
+    def fsync_dir(path: Path) -> None:
+        events.append(("fsync_dir", str(path)))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(cache_module, "sync_filesystem", syncfs)
+    monkeypatch.setattr(cache_module, "fsync_dir", fsync_dir)
+    cache = ImageCache(tmp_path / "cache")
+    with trio.fail_after(60):
+        image = await prepare_image(
+            RegistrySource(proxy.url, unique_image.repository, unique_image.digest), cache
+        )
+    monkeypatch.undo()
+
+    renames = [(i, *detail.split(" -> ")) for i, (kind, detail) in enumerate(events) if kind == "rename"]
+    blob_renames = [r for r in renames if "/blobs/" in r[2]]
+    rootfs_renames = [r for r in renames if r[2] == str(image.rootfs.parent)]
+    assert len(blob_renames) >= 2 and len(rootfs_renames) == 1  # config + layers; one entry
+    for at, src, dst in blob_renames + rootfs_renames:
+        before, after = events[:at], events[at + 1 :]
+        flushed = ("fsync", src) in before or any(
+            kind == "syncfs" and src.startswith(path) for kind, path in before
+        )
+        assert flushed, f"{src} renamed to {dst} before it was flushed: {events}"
+        assert ("fsync_dir", str(Path(dst).parent)) in after
+    assert_consistent(cache)
