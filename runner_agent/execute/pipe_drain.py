@@ -10,7 +10,8 @@ in the tail:
 - at EOF (or when the drain is cancelled) the hold pipe is read once into the capture.
 
 So a chatty benchmark's output is never copied into the agent except the head and the final
-tail. When many small pieces use up the hold pipe's slots, what it holds is copied into the
+tail. After a round that moved a lot, the drain polls the pipe (yielding at each look) for a
+fraction of a millisecond before it sleeps again: a firehose then costs no wake-up per pipe-full. When many small pieces use up the hold pipe's slots, what it holds is copied into the
 capture and it starts over. Whatever cannot be spliced (no ``/dev/null``, a splice error) falls
 back to plain reads for the rest of the stream, with the same head, tail and counts: splicing is
 an optimisation, never a change of result.
@@ -23,6 +24,7 @@ import fcntl
 import logging
 import os
 import termios
+import time
 
 import trio
 
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 
 HOLD_PIPE_MIN = 64 * 1024
 MOVED, NOTHING, READ = 1, 2, 3  # outcomes of PipeDrain._splice_round
+# After a round that moved this much, the writer is a firehose: the drain polls (yielding to the
+# other tasks) for up to POLL_WINDOW_S instead of sleeping in epoll, which spares a cross-CPU
+# wake-up per pipe-full (the agent runs on housekeeping CPUs, never on the benchmark's).
+POLL_AFTER_BYTES = 64 * 1024
+POLL_WINDOW_S = 0.0005
 
 
 def queued(fd: int) -> int:
@@ -104,6 +111,7 @@ class PipeDrain:
         self.hold: _Hold | None = None
         self.splicing = True
         self.recycled = 0  # times the hold pipe ran out of slots and was copied out
+        self.bursts = 0  # times a fast writer switched the drain to polling
         try:
             self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -113,23 +121,30 @@ class PipeDrain:
         """Until EOF. Cancellable at every wait; what the hold pipe kept reaches the capture in
         every case, in stream order."""
         polling = False
+        idle_since: float | None = None
         try:
             while True:
-                if polling:  # the benchmark was writing fast: look again after a yield
+                if polling:  # a fast writer: look again after a yield
                     await trio.lowlevel.checkpoint()
                 else:
                     await trio.lowlevel.wait_readable(self.fd)
                 if self.splicing and self.capture.head_full:
                     try:
-                        pending = self._splice_round()
+                        outcome, moved = self._splice_round()
                     except OSError as exc:
                         self._stop_splicing(f"splice failed: {exc}")
                     else:
-                        if pending == MOVED:
-                            polling = True
+                        if outcome == MOVED:
+                            if moved >= POLL_AFTER_BYTES:
+                                if not polling:
+                                    self.bursts += 1
+                                polling, idle_since = True, None
                             continue
-                        if pending == NOTHING and polling:
-                            polling = False  # looked too early: wait for data (or EOF)
+                        if outcome == NOTHING and polling:
+                            now = time.perf_counter()  # real time: spinning never advances a mock clock
+                            idle_since = now if idle_since is None else idle_since
+                            if now - idle_since >= POLL_WINDOW_S:
+                                polling = False  # the burst is over: sleep until data (or EOF)
                             continue
                 polling = False
                 try:
@@ -148,15 +163,17 @@ class PipeDrain:
                 os.close(self.null)
                 self.null = None
 
-    def _splice_round(self) -> int:
-        """Move what the pipe holds now without copying it: `MOVED` when it was emptied that
-        way; `NOTHING` when nothing was queued (EOF, a spurious wake-up, or data arriving right
-        now); `READ` when a read must follow because splicing just stopped."""
+    def _splice_round(self) -> tuple[int, int]:
+        """Move what the pipe holds now without copying it, and say how many bytes that was:
+        `MOVED` when the pipe was emptied that way; `NOTHING` when nothing was queued (EOF, a
+        spurious wake-up, or data arriving right now); `READ` when a read must follow because
+        splicing just stopped."""
         capture = self.capture
         assert self.null is not None
         pending = queued(self.fd)
         if pending == 0:
-            return NOTHING
+            return NOTHING, 0
+        total = pending
         tail_cap = capture.tail_cap
         excess = pending - tail_cap
         if excess > 0:
@@ -170,7 +187,7 @@ class PipeDrain:
             self.hold = _Hold(tail_cap)
             if self.hold.capacity < tail_cap:
                 self._stop_splicing(f"hold pipe of {self.hold.capacity} bytes < tail {tail_cap}")
-                return READ
+                return READ, 0
         hold = self.hold
         # make room: after this round the hold pipe keeps the newest tail_cap bytes at most
         self._drop_held(max(0, hold.held + pending - tail_cap))
@@ -179,10 +196,10 @@ class PipeDrain:
             hold.held += moved
             pending -= moved
             if pending == 0:
-                return MOVED
+                return MOVED, total
             if hold.held == 0:
                 self._stop_splicing("the hold pipe takes nothing")
-                return READ
+                return READ, 0
             # out of slots (each small piece takes one): copy what it holds, start it over
             self.recycled += 1
             log.debug("%s: hold pipe out of slots, %d held bytes copied", capture.name, hold.held)

@@ -99,6 +99,10 @@ class PipeWriter:
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
+        try:
+            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # the tests' writes fit a default pipe unless they say otherwise
         self.sent = bytearray()
 
     async def write(self, data: bytes) -> None:
@@ -146,6 +150,26 @@ async def test_written_in_steps_only_head_and_final_tail_are_copied(sizes: list[
     capture, sent = await stepwise(4096, writes)
     assert_same(capture, reference(sent, 4096))
     assert capture.copied <= 4096 + max(sizes)  # the read that filled the head, then the tail only
+
+
+async def test_after_a_burst_the_drain_polls_briefly_then_sleeps_again() -> None:
+    writer = PipeWriter()
+    if fcntl.fcntl(writer.write_fd, fcntl.F_GETPIPE_SZ) < 1 << 20:
+        pytest.skip("this machine refuses 1 MiB pipes")
+    capture = BoundedCapture("stdout", 4096)
+    stream = trio.lowlevel.FdStream(writer.read_fd)
+    pipe = PipeDrain(writer.read_fd, capture)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.run)
+            await writer.write(numbered(4096))  # the head, read
+            await writer.write(numbered(900_000))  # a burst: spliced, then polling...
+            assert pipe.bursts == 1  # ...which ended, or wait_all_tasks_blocked would not return
+            await writer.write(b"quiet line\n")  # small: no new burst
+            writer.close()
+    await stream.aclose()
+    assert pipe.bursts == 1
+    assert_same(capture, reference(bytes(writer.sent), 4096))
 
 
 async def test_a_cancelled_drain_still_hands_over_the_held_tail() -> None:
