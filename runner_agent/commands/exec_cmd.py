@@ -101,6 +101,9 @@ Examples:
   runner-agent exec ./layout --danger-allow-no-sandbox     # no bwrap: run on the host
   runner-agent exec ./layout --cpus 3 --metrics-file m.jsonl   # pinned; per-iteration JSON lines
 
+Ctrl-C stops the job the orderly way (SIGTERM, --kill-grace, then SIGKILL until none of its
+processes is left); pressing it again does not skip that.
+
 Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors,
 130 when interrupted (Ctrl-C).
 """
