@@ -337,8 +337,11 @@ def write_json(path: Path, agent: list[ExecRun], host: list[DirectRun], runs: in
         "notes": (
             "The CV table's ratio is the CV ratio the issue sets the target on (exec CV / direct "
             "CV). Both sides' CVs are set by the machine (a shared 2-vCPU VM: steal time, other "
-            "processes), so the ratio moves by a few hundredths between runs; a quiet bare-metal "
-            "machine (`runner-agent check` exit 0) gives a sharper figure. The exec median includes "
+            "processes; on this VM each side's CV is 6-13 %), and the ratio of two CVs from 30 "
+            "samples each carries a sampling error of about ±20 % on its own: six runs on "
+            "2026-11-27 gave 0.86 to 1.56 (of the day's changes only the output drain is on this "
+            "path). A quiet bare-metal machine (`runner-agent check` exit 0) gives a sharper "
+            "figure. The exec median includes "
             "bwrap's namespace and mount set-up, and the direct side is free to use either CPU.\n\n"
             f"Agent threads allowed on benchmark CPUs while the job ran: **{on_bench}**. The "
             f"wake-ups ({sum(r.switches for r in agent) / runs:.1f} per run) are output draining and "
