@@ -195,7 +195,7 @@ def exec_(
         outcome = trio.run(run)
     except* KeyboardInterrupt:  # bare or in a nursery's group; the job's processes are gone by now
         pass
-    if outcome is None or control.cancel_requested:
+    if outcome is None or (control.cancel_requested and outcome.status == "canceled"):
         click.echo("Interrupted: the job was stopped and its processes killed.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
