@@ -27,12 +27,16 @@ class BoundedCapture:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.total = 0
-        self.skipped = 0  # went by unread (`skip`)
-        self.copied = 0  # handed to `feed`
+        self.copied = 0  # handed to `feed`; the rest of `total` went by unread (`skipped`)
 
     @property
     def dropped(self) -> int:
         return self.total - len(self._head) - min(self._tail_len, self._tail_cap)
+
+    @property
+    def skipped(self) -> int:
+        """Bytes that went by unread (`skip`)."""
+        return self.total - self.copied
 
     @property
     def head_full(self) -> bool:
@@ -51,7 +55,6 @@ class BoundedCapture:
         if count <= 0:
             return
         self.total += count
-        self.skipped += count
         self._tail.clear()
         self._tail_len = 0
 

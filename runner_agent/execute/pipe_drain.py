@@ -107,15 +107,11 @@ class PipeDrain:
         self.fd = fd
         self.capture = capture
         self.chunk = chunk
-        self.null: int | None = None
+        self.null: int | None = None  # /dev/null, opened by the first splice round
         self.hold: _Hold | None = None
         self.splicing = True
         self.recycled = 0  # times the hold pipe ran out of slots and was copied out
         self.bursts = 0  # times a fast writer switched the drain to polling
-        try:
-            self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self._stop_splicing(f"no {os.devnull}: {exc}")
 
     async def run(self) -> None:
         """Until EOF. Cancellable at every wait; what the hold pipe kept reaches the capture in
@@ -169,10 +165,11 @@ class PipeDrain:
         spurious wake-up, or data arriving right now); `READ` when a read must follow because
         splicing just stopped."""
         capture = self.capture
-        assert self.null is not None
         pending = queued(self.fd)
         if pending == 0:
             return NOTHING, 0
+        if self.null is None:  # most benchmarks never fill the head: open it only when needed
+            self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         total = pending
         tail_cap = capture.tail_cap
         excess = pending - tail_cap
@@ -224,13 +221,11 @@ class PipeDrain:
     def _release_hold(self) -> None:
         """Hand the held bytes (the newest ones so far) to the capture and close the hold pipe."""
         if self.hold is not None:
-            hold, self.hold = self.hold, None
             try:
-                data = hold.take_all()
+                self._flush_hold()
             finally:
-                hold.close()
-            if data:
-                self.capture.feed(data)
+                self.hold.close()
+                self.hold = None
 
     def _stop_splicing(self, reason: str) -> None:
         if self.splicing:

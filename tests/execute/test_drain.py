@@ -81,13 +81,19 @@ def full_pipe(size: int = 1 << 20) -> tuple[int, bytes]:
     return r, data
 
 
-async def test_a_full_pipe_is_copied_only_for_its_head_and_tail() -> None:
+async def drain_full_pipe(cap: int, chunk: int) -> tuple[BoundedCapture, bytes]:
+    """`full_pipe` drained into a capture of ``cap`` bytes, reading ``chunk`` at a time."""
     r, data = full_pipe()
-    capture = BoundedCapture("stdout", 4096)
+    capture = BoundedCapture("stdout", cap)
     stream = trio.lowlevel.FdStream(r)
     with trio.fail_after(10):
-        await drain(stream, capture, chunk=1024)
+        await drain(stream, capture, chunk=chunk)
     await stream.aclose()
+    return capture, data
+
+
+async def test_a_full_pipe_is_copied_only_for_its_head_and_tail() -> None:
+    capture, data = await drain_full_pipe(4096, chunk=1024)
     assert_same(capture, reference(data, 4096))
     assert capture.copied == 4096  # two 1 KiB reads for the head, the held tail at EOF
     assert capture.skipped == len(data) - 4096
@@ -227,12 +233,7 @@ async def test_concurrent_writer_keeps_exact_head_and_tail(seed: int, cap: int) 
 
 async def test_without_dev_null_everything_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "devnull", "/nonexistent/devnull")
-    r, data = full_pipe()
-    capture = BoundedCapture("stdout", 4096)
-    stream = trio.lowlevel.FdStream(r)
-    with trio.fail_after(10):
-        await drain(stream, capture, chunk=4096)
-    await stream.aclose()
+    capture, data = await drain_full_pipe(4096, chunk=4096)
     assert_same(capture, reference(data, 4096))
     assert (capture.skipped, capture.copied) == (0, len(data))
 
