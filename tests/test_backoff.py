@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Callable
 
 import pytest
 
 from runner_agent.backoff import BENCHER_CLOUD_LIMITS, Backoff, BackoffPolicy, RateLimit
+from tests.support.rate import max_in_window
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """Largest number of attempts inside any half-open window of length ``window``."""
-    best = 0
-    for i, t in enumerate(times):
-        j = bisect.bisect_right(times, t + window - 1e-9)
-        best = max(best, j - i)
-    return best
 
 
 def simulate(
@@ -47,7 +38,7 @@ def simulate(
 
 def assert_under_cloud_limits(times: list[float]) -> None:
     for limit in BENCHER_CLOUD_LIMITS:
-        worst = max_in_window(times, limit.window)
+        worst = max_in_window(times, limit.window, slack=1e-9)
         # a real margin, not just "under": at most 75 % of each limit
         assert worst <= limit.limit * 0.75, (limit, worst)
 

@@ -14,18 +14,10 @@ import trio.testing
 from runner_agent.backoff import Backoff, BackoffPolicy
 from runner_agent.errors import EXIT_AUTH_REJECTED
 from tests.agent.conftest import harness
+from tests.support.rate import max_in_window
 
 WRONG_KEY = "bencher_runner_" + "w" * 30
 HOURS = 6
-
-
-def _max_in_window(times: list[float], window: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def test_bad_key_backs_off_and_stays_under_rate_limits(
@@ -42,8 +34,8 @@ async def test_bad_key_backs_off_and_stays_under_rate_limits(
             attempts = [a.at for a in h.server.attempts]
             outcomes = {a.outcome for a in h.server.attempts}
     assert outcomes == {"auth_failed"}
-    assert _max_in_window(attempts, 60) <= 16
-    assert _max_in_window(attempts, 3600) <= 256
+    assert max_in_window(attempts, 60) <= 16
+    assert max_in_window(attempts, 3600) <= 256
     assert len(attempts) <= HOURS * 3600 / 300 + 5  # minutes apart once auth is suspected
     assert any("authentication probably rejected" in r.getMessage() for r in caplog.records)
     assert WRONG_KEY not in caplog.text

@@ -14,6 +14,7 @@ from runner_agent.backoff import Backoff, BackoffPolicy
 from runner_agent.config import load_config
 from runner_agent.connection import build_endpoint
 from runner_agent.reconnect import AuthRejected, ConnectionLoop, SessionLink
+from tests.support.rate import max_in_window
 
 KEY = "bencher_runner_" + "r" * 30
 DAY = 86400.0
@@ -26,15 +27,6 @@ async def drain(ws: WebSocketConnection, link: SessionLink) -> str:
             link.frame()
     except ConnectionClosed as e:
         return f"closed:{e.reason.code}"
-
-
-def _max_in_window(times: list[float], window: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def _run_day(handler: Callable[[WebSocketRequest], object], seed: int,
@@ -66,8 +58,8 @@ async def test_a_day_of_accept_then_close_stays_under_bencher_limits(
 
     with trio.fail_after(DAY + 60):
         attempts = await _run_day(accept_then_close, seed)
-    assert _max_in_window(attempts, 60) <= 16
-    assert _max_in_window(attempts, 3600) <= 256
+    assert max_in_window(attempts, 60) <= 16
+    assert max_in_window(attempts, 3600) <= 256
     assert len(attempts) <= 4096
     # Probable auth failure: minutes between attempts, not seconds.
     assert len(attempts) < 400
@@ -84,8 +76,8 @@ async def test_hours_of_drops_after_a_frame_stay_under_bencher_limits(
 
     with trio.fail_after(DAY):
         attempts = await _run_day(frame_then_close, 3, duration=2 * 3600)
-    assert _max_in_window(attempts, 60) <= 16
-    assert _max_in_window(attempts, 3600) <= 256
+    assert max_in_window(attempts, 60) <= 16
+    assert max_in_window(attempts, 3600) <= 256
     assert len(attempts) > 150  # not auth-suspected: it keeps trying at the capped backoff
 
 

@@ -36,6 +36,7 @@ from runner_agent.execute import ExecOptions
 from runner_agent.jobrunner import OciJobRunner
 from runner_agent.oci.cache import ImageCache
 from runner_agent.outbox import Outbox
+from tests.support.rate import max_in_window
 
 AGENTS = int(os.environ.get("FLEET_AGENTS", "50"))
 SEED = int(os.environ.get("FLEET_SEED", "20261127"))
@@ -83,17 +84,6 @@ def everyone_heard(server: DevServer) -> bool:
     connection: the next drop cannot look like a silent rejection of its key."""
     readies = Counter(f.runner for f in server.frames_received("ready"))
     return len(readies) == AGENTS and min(readies.values()) >= 2
-
-
-def max_per_window(times: list[float], window: float) -> int:
-    """The most attempts inside any sliding ``window`` seconds."""
-    ordered = sorted(times)
-    best, start = 0, 0
-    for end, at in enumerate(ordered):
-        while at - ordered[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def run_fleet(tmp: Path, restarts: int, crash: bool) -> tuple[list[list[float]], list[ConnectionAttempt]]:
@@ -159,8 +149,8 @@ def check_fleet(rounds: list[list[float]], attempts: list[ConnectionAttempt]) ->
     per_runner: dict[str, list[float]] = {}
     for attempt in attempts:
         per_runner.setdefault(attempt.ref, []).append(attempt.at)
-    worst_minute = max(max_per_window(t, 60.0) for t in per_runner.values())
-    worst_hour = max(max_per_window(t, 3600.0) for t in per_runner.values())
+    worst_minute = max(max_in_window(t, 60.0) for t in per_runner.values())
+    worst_hour = max(max_in_window(t, 3600.0) for t in per_runner.values())
     print(f"attempts per runner: most in any minute {worst_minute}, in any hour {worst_hour}; "
           f"total {len(attempts)}")
     assert not [a for a in attempts if a.outcome != "accepted"], "no attempt was rate-limited"
