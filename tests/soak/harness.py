@@ -92,6 +92,22 @@ def make_jobs(rng: random.Random, count: int) -> list[SoakJob]:
     return jobs
 
 
+async def serve_in(nursery: trio.Nursery, server: DevServer) -> tuple[trio.CancelScope, trio.Event]:
+    """Serve ``server`` in ``nursery`` (listening once this returns). Cancelling the scope kills
+    it like a crash (sockets die, no Close frame); the event is set once it has stopped."""
+    scope, done = trio.CancelScope(), trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[int]) -> None:
+        try:
+            with scope:
+                await server.serve(task_status=task_status)
+        finally:
+            done.set()
+
+    await nursery.start(serve)
+    return scope, done
+
+
 class ServerHost:
     """Runs one :class:`DevServer` at a time on a fixed port with a persistence file, and restarts
     it. ``wait_until`` survives restarts (it re-waits on the new server)."""
@@ -115,17 +131,8 @@ class ServerHost:
         server = DevServer(
             runners=[self.runner], port=self.port, settings=self.settings, persist_path=self.persist
         )
-        scope = trio.CancelScope()
-        done = trio.Event()
-
-        async def serve(task_status: trio.TaskStatus[int]) -> None:
-            try:
-                with scope:
-                    await server.serve(task_status=task_status)
-            finally:
-                done.set()
-
-        self.port = await nursery.start(serve)
+        scope, done = await serve_in(nursery, server)
+        self.port = server.port
         self.server, self._scope, self._done = server, scope, done
         self._up.set()
         for waiter in list(self._waiters):

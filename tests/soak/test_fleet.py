@@ -36,6 +36,7 @@ from runner_agent.execute import ExecOptions
 from runner_agent.jobrunner import OciJobRunner
 from runner_agent.oci.cache import ImageCache
 from runner_agent.outbox import Outbox
+from tests.soak.harness import serve_in
 from tests.support.rate import max_in_window
 
 AGENTS = int(os.environ.get("FLEET_AGENTS", "50"))
@@ -101,17 +102,7 @@ async def run_fleet(tmp: Path, restarts: int, crash: bool) -> tuple[list[list[fl
 
         async def start_server() -> tuple[DevServer, trio.CancelScope, trio.Event]:
             server = DevServer(runners=runners, settings=settings, port=port)
-            scope, done = trio.CancelScope(), trio.Event()
-
-            async def serve(task_status: trio.TaskStatus[int]) -> None:
-                try:
-                    with scope:
-                        await server.serve(task_status=task_status)
-                finally:
-                    done.set()
-
-            await nursery.start(serve)
-            return server, scope, done
+            return (server, *await serve_in(nursery, server))
 
         server, scope, done = await start_server()
         port = server.port
