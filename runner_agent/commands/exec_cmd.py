@@ -34,19 +34,20 @@ from runner_agent.protocol import encode
 EXIT_INTERRUPTED = 130  # the shell's convention for "ended by SIGINT"
 
 
-async def _cancel_on_sigint(
+async def _cancel_on_signal(
     control: JobControl, grace: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Ctrl-C cancels the job the orderly way, at a point where the executor expects it: SIGTERM,
-    ``--kill-grace``, then SIGKILL until no process of the job is left. Later Ctrl-Cs only say
-    so: interrupting the kill ladder could leave the benchmark's processes behind."""
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
+    """Ctrl-C (SIGINT) or SIGTERM cancels the job the orderly way, at a point where the executor
+    expects it: SIGTERM to the benchmark, ``--kill-grace``, then SIGKILL until no process of the
+    job is left. Later signals only say so: interrupting the kill ladder could leave the
+    benchmark's processes behind (in host mode nothing else would end them)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
-        async for _ in signals:
+        async for signum in signals:
             if control.cancel_requested:
                 click.echo(f"Stopping: the job's processes get SIGKILL at the latest {grace:g} s "
-                           "after the first Ctrl-C.", err=True)
-            control.request_cancel("interrupted (SIGINT)")
+                           "after the first signal.", err=True)
+            control.request_cancel(f"interrupted ({signal.Signals(signum).name})")
 
 
 def _default_cache() -> Path:
@@ -101,11 +102,11 @@ Examples:
   runner-agent exec ./layout --danger-allow-no-sandbox     # no bwrap: run on the host
   runner-agent exec ./layout --cpus 3 --metrics-file m.jsonl   # pinned; per-iteration JSON lines
 
-Ctrl-C stops the job the orderly way (SIGTERM, --kill-grace, then SIGKILL until none of its
-processes is left); pressing it again does not skip that.
+Ctrl-C or SIGTERM stops the job the orderly way (SIGTERM, --kill-grace, then SIGKILL until
+none of its processes is left); signalling again does not skip that.
 
 Exit status: 0 when the job completed, 1 when it failed or could not run, 2 for usage errors,
-130 when interrupted (Ctrl-C).
+130 when interrupted (Ctrl-C or SIGTERM).
 """
 
 
@@ -184,7 +185,7 @@ def exec_(
 
     async def run() -> JobOutcome:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_cancel_on_sigint, control, kill_grace)
+            await nursery.start(_cancel_on_signal, control, kill_grace)
             outcome = await execute_job(job, image_source, cache, options, control,
                                         on_iteration=on_iteration)
             nursery.cancel_scope.cancel()

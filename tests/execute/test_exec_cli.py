@@ -220,6 +220,32 @@ def test_ctrl_c_during_a_host_mode_run_leaves_no_process(layout: Path, tmp_path:
     _no_survivors(marker)
 
 
+def test_sigterm_to_a_host_mode_exec_stops_the_job_and_leaves_no_process(
+    layout: Path, tmp_path: Path
+) -> None:
+    """`kill <exec>` (what a supervisor sends) used to kill exec alone: in host mode the
+    benchmark's processes then lived on."""
+    import os
+    import signal
+
+    marker = f"{os.getpid()}{uuid.uuid4().int % 10**6}"
+    proc, server = _exec_with_listener(layout, tmp_path, f"echo up | nc 127.0.0.1 PORT; sleep {marker}")
+    with server:
+        try:
+            server.accept()[0].close()  # the benchmark is running
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"exec still running 30 s after SIGTERM; its stacks:\n{_stop_hung(proc)}")
+            assert proc.returncode == 130, err
+            assert b"Interrupted" in err and b"Traceback" not in err
+        finally:
+            proc.kill()
+            proc.wait()
+    _no_survivors(marker)
+
+
 def test_a_second_ctrl_c_does_not_cut_the_kill_ladder_short(layout: Path, tmp_path: Path) -> None:
     """The benchmark survives SIGTERM (it restarts its sleep); a second Ctrl-C during the grace
     period is acknowledged, and the SIGKILL step still ends every process."""
