@@ -338,7 +338,7 @@ def write_json(path: Path, agent: list[ExecRun], host: list[DirectRun], runs: in
             "The CV table's ratio is the CV ratio the issue sets the target on (exec CV / direct "
             "CV). Both sides' CVs are set by the machine (a shared 2-vCPU VM: steal time, other "
             "processes; on this VM each side's CV is 6-13 %), and the ratio of two CVs from 30 "
-            "samples each carries a sampling error of about ±20 % on its own: seven runs on "
+            "samples each carries a sampling error of about ±20 % on its own: eight runs on "
             "2026-11-27 gave 0.60 to 1.56 (of the day's changes, the output drain and exec's Ctrl-C "
             "handler are on this path). A quiet bare-metal machine (`runner-agent check` exit 0) "
             "gives a sharper "
